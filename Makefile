@@ -1,0 +1,39 @@
+# Two commands do all the set-up on a fresh machine:  `make demo`  and  `make test`.
+PYTHON ?= python3.12
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+.PHONY: demo test install graphviz bench render clean
+
+$(STAMP): pyproject.toml
+	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "error: $(PYTHON) not found (see .python-version)"; exit 2; }
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	@touch $(STAMP)
+
+install: $(STAMP) graphviz
+
+# Debian's graphviz provides `dot`; installed only when missing and apt is usable.
+graphviz:
+	@command -v dot >/dev/null 2>&1 || { \
+	  if command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq graphviz >/dev/null) \
+	      || echo "warning: could not install graphviz; image rendering will fail, dot sources still work"; \
+	  else echo "warning: 'dot' not found and apt unusable; install Graphviz for image rendering"; fi; }
+
+demo: install
+	$(VENV)/bin/hlvm demo
+
+test: install
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+bench: install
+	$(PY) benchmarks/run_all.py
+
+render: install
+	$(VENV)/bin/hlvm render all --out docs --format png
+
+clean:
+	rm -rf $(VENV) .pytest_cache build *.egg-info

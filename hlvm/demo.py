@@ -1,0 +1,78 @@
+"""The foundation demo: forward-process statistics and analytic KLs on the embedded MNIST subset.
+
+For a batch of binarized MNIST images mapped to x ∈ {−1, 1}, it prints, for each schedule, the
+prior KL(q(z_1|x) ‖ N(0, I)) and the diffusion loss of the *per-pixel Gaussian oracle* denoiser
+at T = 10, 100, 1000 and T = ∞ (continuous time, midpoint quadrature), in nats per image and
+bits/dim.  The oracle treats pixels as independent Gaussians with the batch's mean and variance,
+so x̂ = E[x | z_t] is exact for that Gaussian and the printed numbers are reproducible.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from .data import load_dataset
+from .gaussian import diffusion_kl, prior_kl
+from .schedules import CosineSchedule, LinearSchedule
+
+
+def _oracle(mean, var):
+    def x_hat(z_t, gamma_t):
+        a2, s2 = torch.sigmoid(-gamma_t), torch.sigmoid(gamma_t)
+        return mean + a2.sqrt() * var / (a2 * var + s2) * (z_t - a2.sqrt() * mean)
+    return x_hat
+
+
+def diffusion_loss(x, x_hat_fn, schedule, T, n_mc=8, generator=None):
+    """L_T(x) = Σ_i E_ε KL(q(z_s|z_t,x) ‖ p(z_s|z_t)), summed exactly over i (T finite) or by
+    midpoint quadrature of ½∫ −SNR'(t) ‖x − x̂‖² dt with 4096 nodes (T = None)."""
+    nodes = 4096 if T is None else T
+    t = (torch.arange(nodes, dtype=torch.float64) + (0.5 if T is None else 1.0)) / nodes
+    total = torch.zeros(x.shape[0], dtype=torch.float64)
+    for _ in range(n_mc):
+        for ti in t.split(256):
+            g_t = schedule(ti)  # (n,)
+            eps = torch.randn((ti.numel(),) + x.shape, dtype=torch.float64, generator=generator)
+            z_t = torch.sigmoid(-g_t).sqrt().view(-1, 1, 1) * x + torch.sigmoid(g_t).sqrt().view(-1, 1, 1) * eps
+            err = (x - x_hat_fn(z_t, g_t.view(-1, 1, 1))).pow(2).sum(-1)  # (n, B)
+            if T is None:
+                w = 0.5 * schedule.dgamma_dt(ti) * torch.exp(-g_t) / nodes  # ½ γ' SNR dt
+            else:
+                g_s = schedule(ti - 1.0 / T)
+                w = 0.5 * torch.exp(-g_s) * -torch.expm1(g_s - g_t)  # ½ (SNR(s) − SNR(t))
+            total += (w.view(-1, 1) * err).sum(0)
+    return total / n_mc
+
+
+def run_demo(batch_size: int = 64, seed: int = 0) -> dict:
+    data = load_dataset("mnist5k", "static")
+    x = (2 * data.test[:batch_size] - 1).reshape(batch_size, -1).double()  # (B, 784) in {−1, 1}
+    d = x.shape[1]
+    train = data.train.reshape(len(data.train), -1).double() * 2 - 1  # (N, 784)
+    mean, var = train.mean(0), train.var(0).clamp_min(1e-3)
+    bpd = 1 / (d * math.log(2))
+    print(f"hlvm demo: {batch_size} test images of {data.name} ({data.kind}, D = {d}), x ∈ {{−1, 1}}")
+    print("per-pixel Gaussian oracle denoiser fitted on the 4,000 training images\n")
+    out = {}
+    for schedule in (LinearSchedule(-13.3, 5.0).double(), CosineSchedule(-13.3, 5.0).double()):
+        name = type(schedule).__name__
+        t = torch.tensor([0.0, 0.5, 1.0], dtype=torch.float64)
+        a, s = schedule.alpha(t), schedule.sigma(t)
+        print(f"{name}: γ(0), γ(½), γ(1) = {', '.join(f'{v:.3f}' for v in schedule(t).tolist())};  "
+              f"α = {', '.join(f'{v:.4f}' for v in a.tolist())};  σ = {', '.join(f'{v:.4f}' for v in s.tolist())}")
+        kl1 = prior_kl(x, schedule(torch.ones((), dtype=torch.float64))).mean().item()
+        print(f"  prior KL(q(z_1|x) ‖ N(0,I))       {kl1:10.3f} nats/image  {kl1 * bpd:.5f} bits/dim")
+        g = torch.Generator().manual_seed(seed)
+        for T in (10, 100, 1000, None):
+            L = diffusion_loss(x, _oracle(mean, var), schedule, T, n_mc=2, generator=g).mean().item()
+            label = "∞" if T is None else str(T)
+            print(f"  diffusion loss L_T, T = {label:>5}      {L:10.3f} nats/image  {L * bpd:.5f} bits/dim")
+            out[(name, T)] = L
+        # the analytic KL of one transition against its ε-form, as a consistency check
+        g_s, g_t = schedule(torch.tensor(0.3, dtype=torch.float64)), schedule(torch.tensor(0.4, dtype=torch.float64))
+        x_hat = torch.zeros_like(x)
+        kl = diffusion_kl(x, x_hat, g_s, g_t).mean().item()
+        print(f"  KL(q(z_s|z_t,x) ‖ p) at s=.3,t=.4 with x̂ = 0: {kl:.3f} nats/image\n")
+    return out

@@ -1,0 +1,215 @@
+"""Observation models p(x | ·) that every model in the zoo shares, so all ELBOs bound the same
+discrete log-likelihood and are reported in the same units.
+
+Each likelihood knows the data's representation (see :mod:`hlvm.data`) and offers
+
+* ``to_model_space(x)`` — the continuous x ∈ [−1, 1] (or ℝ) on which encoders and the
+  diffusion act;
+* ``decoder_channels`` and ``from_decoder(out)`` — the distribution a decoder network's output
+  parameterizes (VAEs, HVAEs);
+* ``from_z0(z_0, gamma_0)`` — VDM's decoder p(x | z_0), built from the forward process
+  itself: logits_k = −(z_0 − α_0 x_k)² / (2σ_0²) over the data's grid values x_k
+  (Kingma et al. 2021, Appendix C); for two values this is Bernoulli with logit 2α_0 z_0/σ_0².
+
+All distributions returned have the data's shape as event shape and are ready for
+``pyro.sample("x", ..., obs=x)`` where x is in the *data* representation.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+import pyro.distributions as dist
+from pyro.distributions import constraints
+from pyro.distributions.torch_distribution import TorchDistribution
+
+__all__ = ["Likelihood", "BernoulliLikelihood", "Discretized8bitLikelihood", "GaussianLikelihood",
+           "GridGaussian", "make_likelihood"]
+
+
+class Likelihood:
+    """Base class. ``event_dims`` is the number of data dimensions (e.g. 3 for (C, H, W))."""
+
+    kind = "abstract"
+    #: decoder output channels per data channel
+    decoder_channels = 1
+
+    def __init__(self, event_shape):
+        self.event_shape = tuple(event_shape)
+
+    @property
+    def event_dims(self) -> int:
+        return len(self.event_shape)
+
+    @property
+    def dim(self) -> int:
+        return math.prod(self.event_shape)
+
+    def to_model_space(self, x):  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def from_decoder(self, out):  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def from_z0(self, z_0, gamma_0):  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def observe(self, x):
+        """The observation as ``pyro.sample`` wants it (long indices for categorical grids)."""
+        return x
+
+    def check(self, x):
+        """Raise ValueError unless x has the event shape and the representation's values."""
+        if tuple(x.shape[-self.event_dims:]) != self.event_shape:
+            raise ValueError(f"data of shape {tuple(x.shape)} does not end in the likelihood's event shape {self.event_shape}")
+
+
+def _pad_gamma(gamma, like):
+    gamma = torch.as_tensor(gamma, dtype=like.dtype, device=like.device)
+    return gamma.reshape(gamma.shape + (1,) * (like.dim() - gamma.dim())) if 0 < gamma.dim() < like.dim() else gamma
+
+
+class BernoulliLikelihood(Likelihood):
+    """Binarized data x ∈ {0, 1}; model space 2x − 1 ∈ {−1, 1}."""
+
+    kind = "binary"
+
+    def to_model_space(self, x):
+        return 2 * x - 1
+
+    def from_decoder(self, logits):
+        return dist.Bernoulli(logits=logits.reshape(logits.shape[:1] + self.event_shape)).to_event(self.event_dims)
+
+    def from_z0(self, z_0, gamma_0):
+        g = _pad_gamma(gamma_0, z_0)
+        # log N(z; α, σ²) − log N(z; −α, σ²) = 2αz/σ²
+        logits = 2 * z_0 * torch.sigmoid(-g).sqrt() / torch.sigmoid(g)
+        return dist.Bernoulli(logits=logits).to_event(self.event_dims)
+
+    def mean(self, d):
+        return d.base_dist.probs
+
+    def check(self, x):
+        super().check(x)
+        if not bool(((x == 0) | (x == 1)).all()):
+            raise ValueError("binary likelihood needs data in {0, 1}")
+
+
+class GridGaussian(TorchDistribution):
+    """A categorical over K grid values with logits −(x_k − loc)²/(2 scale²), per element.
+
+    The discretized Gaussian of VDM's decoder; ``log_prob`` takes integer bin indices 0..K−1
+    (as floats or longs) and ``sample`` returns them as floats.
+    """
+
+    arg_constraints = {"loc": constraints.real, "scale": constraints.positive}
+    support = constraints.nonnegative_integer
+
+    def __init__(self, loc, scale, grid, validate_args=None):
+        self.loc, self.scale = torch.broadcast_tensors(loc, scale)
+        self.grid = grid
+        super().__init__(self.loc.shape, torch.Size(), validate_args=validate_args)
+
+    def logits(self):
+        d = self.loc.unsqueeze(-1) - self.grid.to(self.loc)  # (..., K)
+        return torch.log_softmax(-0.5 * (d / self.scale.unsqueeze(-1)) ** 2, dim=-1)
+
+    def log_prob(self, value):
+        logits = self.logits()
+        shape = torch.broadcast_shapes(value.shape, logits.shape[:-1])
+        idx = value.long().expand(shape).unsqueeze(-1)  # (..., 1)
+        return logits.expand(shape + logits.shape[-1:]).gather(-1, idx).squeeze(-1)
+
+    def sample(self, sample_shape=torch.Size()):
+        with torch.no_grad():
+            probs = self.logits().exp()
+            flat = probs.reshape(-1, probs.shape[-1])
+            s = torch.multinomial(flat, 1).reshape(probs.shape[:-1])
+            return s.expand(sample_shape + s.shape).to(self.loc.dtype)
+
+    @property
+    def mean(self):
+        return (self.logits().exp() * torch.arange(self.grid.numel(), device=self.loc.device, dtype=self.loc.dtype)).sum(-1)
+
+    def expand(self, batch_shape, _instance=None):
+        return GridGaussian(self.loc.expand(batch_shape), self.scale.expand(batch_shape), self.grid)
+
+
+class Discretized8bitLikelihood(Likelihood):
+    """8-bit data x ∈ {0..255}; model space x̃ = 2(x + ½)/256 − 1 (VDM's rescaling).
+
+    Decoders output (loc, log-scale) per pixel and get a :class:`GridGaussian` over the 256
+    rescaled values, exactly VDM's decoder form, so every model bounds the same discrete
+    log-likelihood.
+    """
+
+    kind = "8bit"
+    decoder_channels = 2
+
+    def __init__(self, event_shape, levels: int = 256):
+        super().__init__(event_shape)
+        self.levels = levels
+        self.grid = 2 * (torch.arange(levels, dtype=torch.float64) + 0.5) / levels - 1
+
+    def to_model_space(self, x):
+        return 2 * (x + 0.5) / self.levels - 1
+
+    def from_decoder(self, out):
+        b = out.shape[0]
+        loc, log_scale = out.reshape(b, 2, *self.event_shape).unbind(1)  # (B, 2·C, ...) -> 2 × (B, C, ...)
+        scale = F.softplus(log_scale) + 1e-3
+        return GridGaussian(loc, scale, self.grid).to_event(self.event_dims)
+
+    def from_z0(self, z_0, gamma_0):
+        g = _pad_gamma(gamma_0, z_0)
+        # z_0/α_0 ~ N(x, σ_0²/α_0²): scale = exp(γ_0/2)
+        loc = z_0 / torch.sigmoid(-g).sqrt()
+        return GridGaussian(loc, torch.exp(0.5 * g).expand_as(loc), self.grid).to_event(self.event_dims)
+
+    def mean(self, d):
+        return d.base_dist.mean
+
+    def check(self, x):
+        super().check(x)
+        if not bool(((x >= 0) & (x <= self.levels - 1) & (x == x.round())).all()):
+            raise ValueError(f"8bit likelihood needs integer data in [0, {self.levels - 1}]")
+
+
+class GaussianLikelihood(Likelihood):
+    """Continuous data with N(x; loc, scale²); VDM's continuous decoder N(x; z_0/α_0, σ_0²/α_0²).
+
+    ``scale`` is the fixed observation noise of :meth:`from_decoder` (e.g. PPCA's σ).
+    """
+
+    kind = "continuous"
+
+    def __init__(self, event_shape, scale: float = 0.1):
+        super().__init__(event_shape)
+        if scale <= 0:
+            raise ValueError(f"scale must be positive, got {scale}")
+        self.scale = scale
+
+    def to_model_space(self, x):
+        return x
+
+    def from_decoder(self, out):
+        loc = out.reshape(out.shape[:1] + self.event_shape)
+        return dist.Normal(loc, torch.full_like(loc, self.scale)).to_event(self.event_dims)
+
+    def from_z0(self, z_0, gamma_0):
+        g = _pad_gamma(gamma_0, z_0)
+        loc = z_0 / torch.sigmoid(-g).sqrt()
+        return dist.Normal(loc, torch.exp(0.5 * g).expand_as(loc)).to_event(self.event_dims)
+
+    def mean(self, d):
+        return d.base_dist.loc
+
+
+def make_likelihood(kind: str, event_shape, **kw) -> Likelihood:
+    """The likelihood for a data representation: ``binary``, ``8bit`` or ``continuous``."""
+    table = {"binary": BernoulliLikelihood, "8bit": Discretized8bitLikelihood, "continuous": GaussianLikelihood}
+    if kind not in table:
+        raise ValueError(f"unknown likelihood kind {kind!r}; expected one of {sorted(table)}")
+    return table[kind](event_shape, **kw)

@@ -1,0 +1,90 @@
+"""A bottom-up hierarchical VAE: a Markov chain of latents in both directions.
+
+Generative story: z_L ∼ N(0, I);  z_{l−1} ∼ N(μθ_l(z_l), σθ_l(z_l)²) for l = L..2;  x ∼ p(x | z_1).
+Inference (bottom-up): q(z_1 | x) ∏_{l≥2} q(z_l | z_{l−1}).
+
+The guide runs in the *opposite* order of the model, so the model's parent of z_l (z_{l+1})
+is a guide descendant of z_l: ``TraceMeanField_ELBO``'s analytic KL is then not exact
+(see :func:`hlvm.render.check_mean_field`), and ``Trace_ELBO`` is the right estimator.
+
+References: Rezende et al. 2014; Burda et al. 2016 (IWAE, two-layer bottom-up); De Sousa Ribeiro &
+Glocker 2024, Fig. 2 (left).
+"""
+
+from __future__ import annotations
+
+import pyro
+import pyro.distributions as dist
+import torch
+from pyro.nn import PyroModule, pyro_method
+from torch import nn
+
+from hlvm.layers import GaussianLayer, mlp
+
+from ._common import batch_of, flat_dim, ref_tensor, resolve_likelihood, std_normal
+
+__all__ = ["BottomUpHVAE"]
+
+
+class BottomUpHVAE(PyroModule):
+    """L stochastic layers, sites ``z_1`` (nearest x) … ``z_L`` and ``x``.
+
+    Args:
+        latent_dims: sizes of z_1..z_L (a sequence), or an int used for every layer with ``layers``.
+        layers: L when ``latent_dims`` is an int.
+    """
+
+    def __init__(self, data_shape=(1, 28, 28), likelihood="binary", latent_dims=(32, 16), layers: int | None = None,
+                 hidden: int = 256, depth: int = 1):
+        super().__init__()
+        self.data_shape = tuple(data_shape)
+        self.likelihood = resolve_likelihood(likelihood, self.data_shape)
+        if isinstance(latent_dims, int):
+            latent_dims = (latent_dims,) * (layers or 2)
+        elif layers is not None and layers != len(latent_dims):
+            raise ValueError(f"layers={layers} does not match latent_dims of length {len(latent_dims)}")
+        if len(latent_dims) < 1:
+            raise ValueError("need at least one latent layer")
+        self.latent_dims = tuple(int(d) for d in latent_dims)
+        self.L = len(self.latent_dims)
+        d = flat_dim(self.data_shape)
+        dims = self.latent_dims
+        self.decoder = mlp(dims[0], d * self.likelihood.decoder_channels, hidden, depth)
+        # p(z_{l-1} | z_l) for l = 2..L, stored at index l-2
+        self.priors = nn.ModuleList(GaussianLayer(dims[l], dims[l - 1], hidden, depth) for l in range(1, self.L))
+        # q(z_1 | x), then q(z_l | z_{l-1})
+        self.encoders = nn.ModuleList([GaussianLayer(d, dims[0], hidden, depth)] +
+                                      [GaussianLayer(dims[l - 1], dims[l], hidden, depth) for l in range(1, self.L)])
+
+    @pyro_method
+    def model(self, x=None, batch_size=None):
+        b = batch_of(x, batch_size)
+        if x is not None:
+            self.likelihood.check(x)
+        ref = ref_tensor(self, x)
+        with pyro.plate("data", b):
+            z = pyro.sample(f"z_{self.L}", std_normal(b, self.latent_dims[-1], ref))
+            for l in range(self.L, 1, -1):
+                loc, scale = self.priors[l - 2](z)
+                z = pyro.sample(f"z_{l - 1}", dist.Normal(loc, scale).to_event(1))
+            px = self.likelihood.from_decoder(self.decoder(z))
+            return pyro.sample("x", px, obs=None if x is None else self.likelihood.observe(x))
+
+    @pyro_method
+    def guide(self, x=None, batch_size=None):
+        with pyro.plate("data", x.shape[0]):
+            h = self.likelihood.to_model_space(x)
+            for l in range(1, self.L + 1):
+                loc, scale = self.encoders[l - 1](h)
+                h = pyro.sample(f"z_{l}", dist.Normal(loc, scale).to_event(1))
+            return h
+
+    @torch.no_grad()
+    def sample(self, n: int, return_mean: bool = True):
+        ref = ref_tensor(self)
+        z = torch.randn(n, self.latent_dims[-1], dtype=ref.dtype, device=ref.device)
+        for l in range(self.L, 1, -1):
+            loc, scale = self.priors[l - 2](z)
+            z = loc + scale * torch.randn_like(loc)
+        d = self.likelihood.from_decoder(self.decoder(z))
+        return self.likelihood.mean(d) if return_mean else d.sample()

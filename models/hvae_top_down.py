@@ -1,0 +1,172 @@
+"""A top-down (ladder) hierarchical VAE, with flags that walk the continuum to diffusion.
+
+Generative story: z_L ∼ N(0, I);  z_l ∼ p(z_l | z_{l+1}) for l = L−1..1;  x ∼ p(x | z_1).
+Inference: a deterministic bottom-up pass d_1 = f_1(x), d_l = f_l(d_{l−1}), then a stochastic
+*top-down* posterior q(z_L | d_L) ∏_l q(z_l | z_{l+1}, d_l) in the generative model's own order,
+combining the bottom-up message with the generative transition by
+
+* ``merge="precision"`` — the ladder VAE's precision-weighted merge (Sønderby et al. 2016), or
+* ``merge="residual"``  — NVAE's residual posterior N(μ_p + Δμ, σ_p · Δσ) (Vahdat & Kautz 2020).
+
+Flags (De Sousa Ribeiro & Glocker 2024, §2.3–2.4 and Fig. 5: from HVAE to VDM):
+
+* ``shared=True``            — ONE weight-shared generative network for every layer (diffusion-like),
+  conditioned on the layer index;
+* ``posterior="diffusion"``  — the fixed Gaussian-diffusion posterior q(z_L | x) ∏ q(z_l | z_{l+1}, x)
+  at levels t_l = l/L of a noise schedule; latents then have the data's dimension;
+* ``transition="denoiser"``  — p(z_l | z_{l+1}) = q(z_l | z_{l+1}, x = x̂θ(z_{l+1})) with the shared
+  denoiser: together with the diffusion posterior this is a VDM with T = L and a learned decoder.
+
+Top-down guides satisfy ``TraceMeanField_ELBO``'s condition, so its analytic KLs are exact here.
+"""
+
+from __future__ import annotations
+
+import pyro
+import pyro.distributions as dist
+import torch
+import torch.nn.functional as F
+from pyro.nn import PyroModule, pyro_method
+from torch import nn
+
+from hlvm.denoiser import Denoiser
+from hlvm.gaussian import q_zs_given_zt_x, q_zt_given_x
+from hlvm.layers import GaussianLayer, deterministic, mlp, precision_merge
+from hlvm.nets import MLPBackbone
+from hlvm.schedules import NoiseSchedule, make_schedule
+
+from ._common import batch_of, flat_dim, ref_tensor, resolve_likelihood, std_normal
+
+__all__ = ["TopDownHVAE"]
+
+
+class _SharedTransition(nn.Module):
+    """One Gaussian layer for all levels: (z_{l+1}, onehot(l)) ↦ (μ, σ) of z_l."""
+
+    def __init__(self, dim, layers, hidden, depth):
+        super().__init__()
+        self.layers = layers
+        self.net = GaussianLayer(dim + layers, dim, hidden, depth)
+
+    def forward(self, z, level):
+        onehot = F.one_hot(torch.full(z.shape[:1], level, device=z.device, dtype=torch.long), self.layers).to(z.dtype)
+        return self.net(torch.cat([z, onehot], dim=-1))  # (B, dim + L) -> (μ, σ)
+
+
+class TopDownHVAE(PyroModule):
+    """Sites ``z_L`` … ``z_1`` and ``x`` (model and guide), and ``d_1`` … ``d_L`` (guide, learned posterior)."""
+
+    def __init__(self, data_shape=(1, 28, 28), likelihood="binary", layers: int = 3, latent_dim=16,
+                 hidden: int = 256, depth: int = 1, merge: str = "precision", shared: bool = False,
+                 posterior: str = "learned", transition: str = "gaussian", schedule="linear",
+                 gamma_min: float = -6.0, gamma_max: float = 6.0):
+        super().__init__()
+        if layers < 1:
+            raise ValueError(f"layers must be >= 1, got {layers}")
+        for arg, value, allowed in (("merge", merge, ("precision", "residual")), ("posterior", posterior, ("learned", "diffusion")),
+                                    ("transition", transition, ("gaussian", "denoiser"))):
+            if value not in allowed:
+                raise ValueError(f"unknown {arg} {value!r}; expected one of {list(allowed)}")
+        if transition == "denoiser" and posterior != "diffusion":
+            raise ValueError("transition='denoiser' needs posterior='diffusion' (the denoiser acts on data-space latents)")
+        self.data_shape = tuple(data_shape)
+        self.likelihood = resolve_likelihood(likelihood, self.data_shape)
+        d = flat_dim(self.data_shape)
+        self.L, self.merge, self.shared, self.posterior, self.transition = layers, merge, shared, posterior, transition
+        if posterior == "diffusion":
+            dims = (d,) * layers
+        elif isinstance(latent_dim, int):
+            dims = (latent_dim,) * layers
+        else:
+            dims = tuple(int(v) for v in latent_dim)
+            if len(dims) != layers:
+                raise ValueError(f"latent_dim has {len(dims)} entries but layers={layers}")
+        if shared and len(set(dims)) != 1:
+            raise ValueError("shared=True needs the same latent size in every layer")
+        self.latent_dims = dims
+        self.decoder = mlp(dims[0], d * self.likelihood.decoder_channels, hidden, depth)
+
+        # generative transitions p(z_l | z_{l+1}), l = 1..L-1
+        if transition == "denoiser":
+            make = lambda: Denoiser(MLPBackbone((d,), hidden, 2, gamma_range=(gamma_min, gamma_max)), "eps")
+            self.denoisers = nn.ModuleList([make()] if shared else [make() for _ in range(layers - 1)])
+        elif shared:
+            self.shared_transition = _SharedTransition(dims[0], layers, hidden, depth)
+        else:
+            self.transitions = nn.ModuleList(GaussianLayer(dims[l], dims[l - 1], hidden, depth) for l in range(1, layers))
+
+        if posterior == "diffusion":
+            self.schedule = schedule if isinstance(schedule, NoiseSchedule) else make_schedule(schedule, gamma_min, gamma_max)
+        else:
+            self.up = nn.ModuleList([mlp(d, hidden, hidden, depth)] + [mlp(hidden, hidden, hidden, depth) for _ in range(1, layers)])
+            self.q_top = GaussianLayer(hidden, dims[-1], hidden, depth)
+            if merge == "precision":
+                self.messages = nn.ModuleList(GaussianLayer(hidden, dims[l - 1], hidden, depth) for l in range(1, layers))
+            else:
+                self.residuals = nn.ModuleList(GaussianLayer(hidden + dims[l], dims[l - 1], hidden, depth) for l in range(1, layers))
+
+    # ------------------------------------------------------------------ pieces
+    def _levels(self, ref):
+        """γ(t_l) for t_l = l/L, l = 0..L (index l)."""
+        t = torch.arange(self.L + 1, dtype=ref.dtype, device=ref.device) / self.L
+        return self.schedule.gamma(t)
+
+    def p_transition(self, z_next, l: int, ref):
+        """p(z_l | z_{l+1}) for l = 1..L−1."""
+        if self.transition == "denoiser":
+            g = self._levels(ref)
+            den = self.denoisers[0] if self.shared else self.denoisers[l - 1]
+            return q_zs_given_zt_x(z_next, den(z_next, g[l + 1]), g[l], g[l + 1])
+        loc, scale = self.shared_transition(z_next, l - 1) if self.shared else self.transitions[l - 1](z_next)
+        return dist.Normal(loc, scale)
+
+    # ------------------------------------------------------------------ the Pyro program
+    @pyro_method
+    def model(self, x=None, batch_size=None):
+        b = batch_of(x, batch_size)
+        if x is not None:
+            self.likelihood.check(x)
+        ref = ref_tensor(self, x)
+        with pyro.plate("data", b):
+            z = pyro.sample(f"z_{self.L}", std_normal(b, self.latent_dims[-1], ref))
+            for l in range(self.L - 1, 0, -1):
+                z = pyro.sample(f"z_{l}", self.p_transition(z, l, ref).to_event(1))
+            px = self.likelihood.from_decoder(self.decoder(z))
+            return pyro.sample("x", px, obs=None if x is None else self.likelihood.observe(x))
+
+    @pyro_method
+    def guide(self, x=None, batch_size=None):
+        xt = self.likelihood.to_model_space(x).flatten(1)  # (B, D)
+        with pyro.plate("data", x.shape[0]):
+            if self.posterior == "diffusion":
+                g = self._levels(xt)
+                z = pyro.sample(f"z_{self.L}", q_zt_given_x(xt, g[self.L]).to_event(1))
+                for l in range(self.L - 1, 0, -1):
+                    z = pyro.sample(f"z_{l}", q_zs_given_zt_x(z, xt, g[l], g[l + 1]).to_event(1))
+                return z
+            hs, h = [], xt
+            for l, f in enumerate(self.up, start=1):
+                h = deterministic(f"d_{l}", f(h), event_dim=1)
+                hs.append(h)
+            loc, scale = self.q_top(hs[-1])
+            z = pyro.sample(f"z_{self.L}", dist.Normal(loc, scale).to_event(1))
+            for l in range(self.L - 1, 0, -1):
+                p = self.p_transition(z, l, xt)
+                if self.merge == "precision":
+                    m_loc, m_scale = self.messages[l - 1](hs[l - 1])
+                    loc, scale = precision_merge(m_loc, m_scale, p.loc, p.scale)
+                else:
+                    d_loc, d_scale = self.residuals[l - 1](torch.cat([hs[l - 1], z], dim=-1))
+                    loc, scale = p.loc + d_loc, p.scale * d_scale
+                z = pyro.sample(f"z_{l}", dist.Normal(loc, scale).to_event(1))
+            return z
+
+    @torch.no_grad()
+    def sample(self, n: int, return_mean: bool = True):
+        ref = ref_tensor(self)
+        z = torch.randn(n, self.latent_dims[-1], dtype=ref.dtype, device=ref.device)
+        for l in range(self.L - 1, 0, -1):
+            p = self.p_transition(z, l, ref)
+            z = p.loc + p.scale * torch.randn_like(p.loc)
+        d = self.likelihood.from_decoder(self.decoder(z))
+        return self.likelihood.mean(d) if return_mean else d.sample()

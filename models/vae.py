@@ -1,0 +1,72 @@
+"""The variational autoencoder as a two-node DAG: z → x, with q(z | x).
+
+Generative story: z ∼ N(0, I);  x ∼ p(x | z) (Bernoulli, discretized 8-bit or Gaussian, from a
+decoder network).  Inference: q(z | x) = N(μφ(x), diag σφ(x)²).
+
+References: Kingma & Welling, *Auto-Encoding Variational Bayes*, ICLR 2014; Rezende, Mohamed &
+Wierstra, *Stochastic Backpropagation*, ICML 2014.
+"""
+
+from __future__ import annotations
+
+import pyro
+import pyro.distributions as dist
+import torch
+from pyro.nn import PyroModule, pyro_method
+
+from hlvm.layers import GaussianLayer, mlp
+
+from ._common import batch_of, flat_dim, ref_tensor, resolve_likelihood, std_normal
+
+__all__ = ["VAE"]
+
+
+class VAE(PyroModule):
+    """p(z) p(x|z) with q(z|x); sites ``z`` and ``x`` under ``pyro.plate("data")``.
+
+    Args:
+        data_shape: per-example shape, e.g. (1, 28, 28).
+        likelihood: ``"binary"``, ``"8bit"``, ``"continuous"`` or a :class:`~hlvm.likelihoods.Likelihood`.
+        latent_dim, hidden, depth: sizes of the default MLP encoder/decoder.
+        encoder: optional module x̃ ↦ (loc, scale) of q(z|x);  decoder: optional z ↦ decoder output.
+    """
+
+    def __init__(self, data_shape=(1, 28, 28), likelihood="binary", latent_dim: int = 20, hidden: int = 400,
+                 depth: int = 1, encoder=None, decoder=None):
+        super().__init__()
+        self.data_shape = tuple(data_shape)
+        self.likelihood = resolve_likelihood(likelihood, self.data_shape)
+        d = flat_dim(self.data_shape)
+        self.latent_dim = latent_dim
+        self.encoder = encoder if encoder is not None else GaussianLayer(d, latent_dim, hidden, depth)
+        self.decoder = decoder if decoder is not None else mlp(latent_dim, d * self.likelihood.decoder_channels, hidden, depth)
+
+    @pyro_method
+    def model(self, x=None, batch_size=None):
+        b = batch_of(x, batch_size)
+        if x is not None:
+            self.likelihood.check(x)
+        ref = ref_tensor(self, x)
+        with pyro.plate("data", b):
+            z = pyro.sample("z", std_normal(b, self.latent_dim, ref))
+            px = self.likelihood.from_decoder(self.decoder(z))
+            return pyro.sample("x", px, obs=None if x is None else self.likelihood.observe(x))
+
+    @pyro_method
+    def guide(self, x=None, batch_size=None):
+        with pyro.plate("data", x.shape[0]):
+            loc, scale = self.encoder(self.likelihood.to_model_space(x))
+            return pyro.sample("z", dist.Normal(loc, scale).to_event(1))
+
+    @torch.no_grad()
+    def sample(self, n: int, return_mean: bool = True):
+        """Ancestral samples of x (the decoder's mean by default)."""
+        ref = ref_tensor(self)
+        z = torch.randn(n, self.latent_dim, dtype=ref.dtype, device=ref.device)
+        d = self.likelihood.from_decoder(self.decoder(z))
+        return self.likelihood.mean(d) if return_mean else d.sample()
+
+    @torch.no_grad()
+    def reconstruct(self, x):
+        loc, _ = self.encoder(self.likelihood.to_model_space(x))
+        return self.likelihood.mean(self.likelihood.from_decoder(self.decoder(loc)))

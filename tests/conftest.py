@@ -1,0 +1,61 @@
+"""Shared test set-up.
+
+* ``HLVM_DTYPE`` (default ``float64``) and ``HLVM_DEVICE`` (default ``cpu``) choose the dtype
+  and device of the suite, so ``HLVM_DEVICE=cuda make test`` runs the same tests on a GPU.
+* Pyro's param store is cleared and validation enabled for every test.
+* Warnings are errors (``pytest.ini_options``/``filterwarnings`` below), with targeted ignores.
+"""
+
+import os
+import pyro
+import pytest
+import torch
+
+DTYPE = getattr(torch, os.environ.get("HLVM_DTYPE", "float64"))
+DEVICE = torch.device(os.environ.get("HLVM_DEVICE", "cpu"))
+if DEVICE.type == "cuda" and not torch.cuda.is_available():
+    raise RuntimeError("HLVM_DEVICE=cuda but torch.cuda.is_available() is False")
+
+
+def pytest_configure(config):
+    # Turn warnings into errors, except known third-party noise.
+    for line in [
+        "error",
+        "ignore::DeprecationWarning:jupyter_client.*",
+        "ignore:.*is deprecated.*:DeprecationWarning:pyro.*",
+        "ignore:.*pkg_resources.*:DeprecationWarning",
+        "ignore:.*Implicitly cleaning up.*:ResourceWarning",
+        "ignore::pytest.PytestUnraisableExceptionWarning",
+    ]:
+        config.addinivalue_line("filterwarnings", line)
+
+
+@pytest.fixture(autouse=True)
+def _pyro_fresh():
+    pyro.clear_param_store()
+    pyro.enable_validation(True)
+    pyro.set_rng_seed(0)
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(DTYPE)
+    if DEVICE.type != "cpu":
+        torch.set_default_device(DEVICE)
+    yield
+    torch.set_default_dtype(old)
+    if DEVICE.type != "cpu":
+        torch.set_default_device("cpu")
+    pyro.clear_param_store()
+
+
+@pytest.fixture
+def dtype():
+    return DTYPE
+
+
+@pytest.fixture
+def device():
+    return DEVICE
+
+
+def tensor(x, **kw):
+    """A tensor on the suite's device and dtype."""
+    return torch.as_tensor(x, dtype=kw.pop("dtype", DTYPE), device=kw.pop("device", DEVICE))
