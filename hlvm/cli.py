@@ -1,4 +1,5 @@
-"""The ``hlvm`` command line: ``hlvm demo`` (more subcommands register themselves below).
+"""The ``hlvm`` command line.  Each subcommand lives in ``hlvm/commands/<name>.py`` and provides
+``register(subparsers)``, which adds its parser and sets ``func``.
 
 Bad input exits with code 2 and one line on stderr, never a traceback.
 """
@@ -6,33 +7,34 @@ Bad input exits with code 2 and one line on stderr, never a traceback.
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 
-__all__ = ["main", "CLIError"]
+__all__ = ["main", "CLIError", "COMMANDS"]
+
+COMMANDS = ("demo", "train", "compare", "sample", "render")
 
 
 class CLIError(Exception):
     """A user error: reported as one line, exit code 2."""
 
 
-class _Parser(argparse.ArgumentParser):
+class Parser(argparse.ArgumentParser):
     def error(self, message):  # one line, exit 2 (argparse's own convention)
         self.exit(2, f"{self.prog}: error: {message}\n")
 
 
-def _demo(args) -> None:
-    from .demo import run_demo
-
-    run_demo(batch_size=args.batch_size, seed=args.seed)
-
-
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="hlvm", description="VAEs, HVAEs and VDMs as Pyro directed graphical models")
-    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
-    d = sub.add_parser("demo", help="the main job on the embedded MNIST subset")
-    d.add_argument("--batch-size", type=int, default=64)
-    d.add_argument("--seed", type=int, default=0)
-    d.set_defaults(func=_demo)
+    p = Parser(prog="hlvm", description="VAEs, HVAEs and VDMs as Pyro directed graphical models")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=Parser)
+    for name in COMMANDS:
+        try:
+            module = importlib.import_module(f"hlvm.commands.{name}")
+        except ModuleNotFoundError as e:
+            if e.name == f"hlvm.commands.{name}":
+                continue  # not written yet
+            raise
+        module.register(sub)
     return p
 
 
@@ -41,8 +43,9 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     try:
         args.func(args)
-    except (CLIError, ValueError, FileNotFoundError) as e:
-        print(f"hlvm {args.command}: error: {e}", file=sys.stderr)
+    except (CLIError, ValueError, FileNotFoundError, NotADirectoryError, PermissionError) as e:
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        print(f"hlvm {args.command}: error: {msg}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"hlvm {args.command}: interrupted", file=sys.stderr)

@@ -214,6 +214,20 @@ class DiffusionChain(nn.Module):
         return self.decoder.mean(d) if return_mean else d.sample()
 
     @torch.no_grad()
+    def reconstruct(self, y: torch.Tensor, t: float = 0.3, steps: int | None = None, generator=None):
+        """Noise y to level t with q(z_t | y), then run the generative chain back to p(y | z_0)'s mean."""
+        steps = steps or (self.T if self.T is not None else 1000)
+        y_ = self.decoder.to_model_space(y)
+        g = self.gammas(steps, y_)
+        i0 = max(1, round(t * steps))
+        q = q_zt_given_x(y_, g[i0])
+        z = q.loc + q.scale * torch.randn(y_.shape, dtype=y_.dtype, device=y_.device, generator=generator)
+        for i in range(i0, 0, -1):
+            p = q_zs_given_zt_x(z, self.denoiser(z, g[i]), g[i - 1], g[i])
+            z = p.loc + p.scale * torch.randn(z.shape, dtype=z.dtype, device=z.device, generator=generator)
+        return self.decoder.mean(self.decoder.from_z0(z, g[0]))
+
+    @torch.no_grad()
     def langevin_sample(self, n: int, steps: int = 100, corrector_steps: int = 1, snr: float = 0.16,
                         generator=None, return_mean: bool = False, like=None):
         """Annealed Langevin dynamics from the score ŝθ = −ε̂θ/σ (Song & Ermon 2019), as a

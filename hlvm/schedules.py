@@ -153,16 +153,27 @@ class CosineSchedule(NoiseSchedule):
         _check_endpoints(gamma_min, gamma_max)
         self.register_buffer("u0", torch.tensor(2 / math.pi * math.atan(math.exp(gamma_min / 2))))
         self.register_buffer("u1", torch.tensor(2 / math.pi * math.atan(math.exp(gamma_max / 2))))
+        # v = 1 − u, computed directly, keeps precision where u is close to 1 (large γ)
+        self.register_buffer("v0", torch.tensor(2 / math.pi * math.atan(math.exp(-gamma_min / 2))))
+        self.register_buffer("v1", torch.tensor(2 / math.pi * math.atan(math.exp(-gamma_max / 2))))
 
     def gamma(self, t):
         u = self.u0 + (self.u1 - self.u0) * t
-        return 2 * torch.log(torch.tan(0.5 * math.pi * u))
+        v = self.v0 + (self.v1 - self.v0) * t
+        # γ = 2 log tan(πu/2) = −2 log tan(πv/2); use the better-conditioned branch
+        return torch.where(u <= 0.5, 2 * torch.log(torch.tan(0.5 * math.pi * u)),
+                           -2 * torch.log(torch.tan(0.5 * math.pi * v)))
 
     def dgamma_dt(self, t):
         t = check_time(t)
         u = self.u0 + (self.u1 - self.u0) * t
         # d/du 2 log tan(πu/2) = π / (sin(πu/2) cos(πu/2)) = 2π / sin(πu)
         return 2 * math.pi / torch.sin(math.pi * u) * (self.u1 - self.u0)
+
+
+def _softplus(x: torch.Tensor) -> torch.Tensor:
+    """log(1 + eˣ) without F.softplus's linear cut-off at x > 20 (exact inverse of the init)."""
+    return torch.logaddexp(x, torch.zeros_like(x))
 
 
 class LearnedLinearSchedule(NoiseSchedule):
@@ -179,12 +190,17 @@ class LearnedLinearSchedule(NoiseSchedule):
         # inverse softplus of the gap
         self.raw_gap = nn.Parameter(torch.tensor(gap + math.log(-math.expm1(-gap))))
 
+    @property
+    def gap(self) -> torch.Tensor:
+        """γ_max − γ_min (> 0)."""
+        return _softplus(self.raw_gap)
+
     def gamma(self, t):
-        return self.g0 + F.softplus(self.raw_gap) * t
+        return self.g0 + self.gap * t
 
     def dgamma_dt(self, t):
         t = check_time(t)
-        return F.softplus(self.raw_gap).expand_as(t).to(t.dtype)
+        return self.gap.expand_as(t).to(t.dtype)
 
 
 class _PositiveLinear(nn.Module):
@@ -232,11 +248,12 @@ class MonotoneNetSchedule(NoiseSchedule):
         return (h + self.l3(torch.sigmoid(self.l2(h)))).squeeze(-1)
 
     def gamma(self, t):
+        t = t.to(self.l1.bias.dtype)
         r0, r1 = self._raw(torch.tensor([0.0, 1.0], dtype=t.dtype, device=t.device)).unbind(0)
         frac = (self._raw(t) - r0) / (r1 - r0)
         if self.learn_endpoints:
             g0 = self.endpoints.g0
-            gap = F.softplus(self.endpoints.raw_gap)
+            gap = self.endpoints.gap
         else:
             g0, gap = self.g0, self.g1 - self.g0
         return g0 + gap * frac

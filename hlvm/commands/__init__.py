@@ -1,0 +1,1 @@
+"""Subcommands of the ``hlvm`` CLI, one module each (see :mod:`hlvm.cli`)."""

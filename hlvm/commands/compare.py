@@ -1,0 +1,35 @@
+"""``hlvm compare --models vae,hvae-bu,hvae-td,vdm --data mnist5k``: one budget, one table."""
+
+from __future__ import annotations
+
+from hlvm.commands.train import add_common, config_from
+
+DEFAULT_MODELS = "vae,hvae-bu,hvae-td,vdm"
+
+
+def register(sub):
+    p = sub.add_parser("compare", help="train several models under one budget and compare their bounds")
+    p.add_argument("--models", default=DEFAULT_MODELS, help="comma-separated zoo names or file.py:Class")
+    add_common(p)
+    p.add_argument("--K", type=int, default=50, help="importance samples for the IWAE bound and k̂ (0: skip)")
+    p.add_argument("--iwae-examples", type=int, default=100)
+    p.add_argument("--iwae-steps", type=int, default=32, help="discretization of continuous-time chains for IWAE")
+    p.add_argument("--out", default="reports/compare")
+    p.add_argument("--no-render", action="store_true", help="skip the plate diagrams")
+    p.set_defaults(func=run, steps=None)
+
+
+def run(args):
+    from hlvm.compare import run_compare
+
+    models = [m.strip() for m in args.models.split(",") if m.strip()]
+    from hlvm.zoo import load_class
+
+    for m in models:
+        load_class(m)  # unknown names fail before any training
+    if args.steps is None and args.epochs is None:
+        args.steps = 400
+    base = config_from(args, models[0] if models else "vae", args.out)
+    base.validate()
+    run_compare(models, base, args.out, K=args.K, iwae_examples=args.iwae_examples, iwae_steps=args.iwae_steps,
+                eval_examples=args.eval_examples, render=not args.no_render)

@@ -1,0 +1,358 @@
+"""Training with Pyro SVI: checkpoints, exact resume, EMA, mixed precision and data parallelism.
+
+One :class:`Trainer` runs ``pyro.infer.SVI`` on any model/guide pair with the estimator that fits
+its DAG (:func:`hlvm.zoo.default_estimator`).  Design points:
+
+* **Exact resume.** Every step's randomness is seeded from ``(seed, step, shard)`` and the data
+  order comes from a saved generator, so a run resumed from a checkpoint reproduces the losses of
+  an uninterrupted run bit for bit on CPU.
+* **Atomic checkpoints.** A checkpoint is written to a temporary file in the same folder, flushed
+  and renamed over the old one: a write killed mid-way leaves the last checkpoint loadable.
+* **Data parallelism.** Under ``torchrun --nproc_per_node N`` each rank takes its shard of every
+  global batch, gradients are summed with ``all_reduce`` (gloo on CPU, nccl on GPU), and the
+  summed loss equals the single-process loss on the same global batch computed with
+  ``grad_shards = N`` (same per-shard random streams).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import time
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import pyro
+import torch
+import torch.distributed as dist
+from pyro.infer import SVI
+
+from .data import DataSplit, load_dataset
+from .zoo import build_model, make_estimator
+
+__all__ = ["TrainConfig", "Trainer", "TrainingDiverged", "save_checkpoint", "load_checkpoint", "train"]
+
+CHECKPOINT = "checkpoint.pt"
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite; the last good checkpoint was kept."""
+
+
+@dataclass
+class TrainConfig:
+    """Everything that defines a training run (saved inside each checkpoint)."""
+
+    model: str = "vae"
+    data: str = "mnist5k"
+    binarize: str = "static"
+    data_dir: str | None = None
+    steps: int | None = None
+    epochs: int | None = None
+    batch_size: int = 128
+    lr: float = 1e-3
+    T: int | None = None
+    layers: int | None = None
+    estimator: str = "auto"
+    device: str = "cpu"
+    seed: int = 0
+    out: str = "runs/train"
+    resume: bool = False
+    ema: float = 0.0
+    amp: bool = False
+    eval_every: int = 0
+    eval_examples: int = 1000
+    checkpoint_every: int = 0
+    grad_shards: int = 1
+    progress: bool = True
+    model_kwargs: dict = field(default_factory=dict)
+
+    def validate(self) -> None:
+        if self.steps is not None and self.steps < 0:
+            raise ValueError(f"--steps must be >= 0, got {self.steps}")
+        if self.epochs is not None and self.epochs < 0:
+            raise ValueError(f"--epochs must be >= 0, got {self.epochs}")
+        if self.batch_size < 1:
+            raise ValueError(f"--batch-size must be >= 1, got {self.batch_size}")
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise ValueError(f"--lr must be a positive number, got {self.lr}")
+        if self.T is not None and self.T < 1:
+            raise ValueError(f"--T must be >= 1, got {self.T}")
+        if self.layers is not None and self.layers < 1:
+            raise ValueError(f"--layers must be >= 1, got {self.layers}")
+        if not 0 <= self.ema < 1:
+            raise ValueError(f"--ema must be in [0, 1), got {self.ema}")
+        if self.grad_shards < 1:
+            raise ValueError(f"grad_shards must be >= 1, got {self.grad_shards}")
+        if self.device not in ("cpu", "cuda") and not self.device.startswith("cuda:"):
+            raise ValueError(f"--device must be cpu or cuda, got {self.device!r}")
+        if self.device.startswith("cuda") and not torch.cuda.is_available():
+            raise ValueError("--device cuda requested but no CUDA device is available")
+        if self.amp and not self.device.startswith("cuda"):
+            raise ValueError("--amp (mixed precision) needs --device cuda")
+
+
+# ---------------------------------------------------------------------------------------------
+def save_checkpoint(path: str, state: dict) -> None:
+    """Write ``state`` to ``path`` atomically (temporary file + fsync + rename)."""
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    tmp = os.path.join(folder, f".{os.path.basename(path)}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def load_checkpoint(path: str, map_location="cpu") -> dict:
+    """Read a checkpoint, with a clear ValueError when it is missing or unreadable."""
+    if os.path.isdir(path):
+        path = os.path.join(path, CHECKPOINT)
+    if not os.path.isfile(path):
+        raise ValueError(f"checkpoint {path!r} does not exist")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=False)
+    except Exception as e:  # truncated or foreign file
+        raise ValueError(f"checkpoint {path!r} is unreadable: {type(e).__name__}") from None
+
+
+def _rng_state() -> dict:
+    state = {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _shard_seed(seed: int, step: int, shard: int) -> int:
+    return (seed * 1_000_003 + step * 7919 + shard * 104_729) % (2**63 - 1)
+
+
+# ---------------------------------------------------------------------------------------------
+class Trainer:
+    """Pyro SVI on one model with checkpoints (see module docstring)."""
+
+    def __init__(self, cfg: TrainConfig, data: DataSplit | None = None, log=print):
+        cfg.validate()
+        self.cfg, self.log = cfg, log
+        self.world, self.rank = 1, 0
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            if not dist.is_initialized():
+                dist.init_process_group("nccl" if cfg.device.startswith("cuda") else "gloo")
+            self.world, self.rank = dist.get_world_size(), dist.get_rank()
+            if cfg.device.startswith("cuda"):
+                torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
+        self.device = torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if cfg.device == "cuda" and self.world > 1 else cfg.device)
+        if cfg.batch_size % (self.world * cfg.grad_shards):
+            raise ValueError(f"--batch-size {cfg.batch_size} must be divisible by world size × grad shards = {self.world * cfg.grad_shards}")
+        self.data = data if data is not None else load_dataset(cfg.data, cfg.binarize, cfg.data_dir)
+        if self.data.train.shape[0] < cfg.batch_size:
+            raise ValueError(f"--batch-size {cfg.batch_size} exceeds the {self.data.train.shape[0]} training examples")
+        self.ckpt_path = os.path.join(cfg.out, CHECKPOINT)
+        pyro.clear_param_store()
+        pyro.set_rng_seed(cfg.seed)
+        self.model = build_model(cfg.model, self.data.shape, self.data.kind, T=cfg.T, layers=cfg.layers,
+                                 **cfg.model_kwargs).to(self.device)
+        self.dtype = next(self.model.parameters()).dtype
+        self.estimator = make_estimator(cfg.estimator, self.model)
+        self.optim = pyro.optim.Adam({"lr": cfg.lr})
+        self.svi = SVI(self.model.model, self.model.guide, self.optim, loss=self._loss, loss_and_grads=self._loss_and_grads)
+        self.gen = torch.Generator().manual_seed(cfg.seed)
+        self.step, self.batch_idx, self.perm = 0, 0, None
+        self.history: list[dict] = []
+        self.losses: list[float] = []
+        self.ema = {k: v.detach().clone() for k, v in self.model.state_dict().items()} if cfg.ema > 0 else None
+        if cfg.resume:
+            self.load(self.ckpt_path)
+
+    # -- sizes -----------------------------------------------------------------------------
+    @property
+    def steps_per_epoch(self) -> int:
+        return self.data.train.shape[0] // self.cfg.batch_size
+
+    @property
+    def total_steps(self) -> int:
+        if self.cfg.steps is not None:
+            return self.cfg.steps
+        return (self.cfg.epochs if self.cfg.epochs is not None else 1) * self.steps_per_epoch
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    # -- the loss: per-shard seeded, summed over shards and ranks --------------------------
+    def _local_shards(self, x):
+        n = self.world * self.cfg.grad_shards
+        parts = x.chunk(n)
+        first = self.rank * self.cfg.grad_shards
+        return [(first + k, parts[first + k]) for k in range(self.cfg.grad_shards)]
+
+    def _shard_loss(self, model, guide, shard_index, xs, differentiable):
+        devices = [self.device] if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(_shard_seed(self.cfg.seed, self.step, shard_index))
+            with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=self.cfg.amp):
+                if differentiable:
+                    loss = self.estimator.differentiable_loss(model, guide, xs)
+                    loss.backward()
+                    return loss.detach().double()
+                return torch.tensor(self.estimator.loss(model, guide, xs), dtype=torch.float64)
+
+    def _loss(self, model, guide, x):
+        return sum(self._shard_loss(model, guide, i, xs, False) for i, xs in self._local_shards(x))
+
+    def _loss_and_grads(self, model, guide, x):
+        total = sum(self._shard_loss(model, guide, i, xs, True) for i, xs in self._local_shards(x))
+        if self.world > 1:
+            params = [p for p in self.model.parameters() if p.requires_grad]
+            for p in params:
+                if p.grad is None:
+                    p.grad = torch.zeros_like(p)
+            flat = torch.cat([p.grad.reshape(-1) for p in params] + [total.reshape(1).to(params[0].dtype).to(self.device)])
+            dist.all_reduce(flat)
+            offset = 0
+            for p in params:
+                n = p.numel()
+                p.grad.copy_(flat[offset:offset + n].view_as(p))
+                offset += n
+            total = flat[-1].double().cpu()
+        return total.item()
+
+    # -- data ------------------------------------------------------------------------------
+    def _next_batch(self):
+        if self.perm is None or self.batch_idx >= self.steps_per_epoch:
+            self.perm = torch.randperm(self.data.train.shape[0], generator=self.gen)
+            self.batch_idx = 0
+        b = self.cfg.batch_size
+        idx = self.perm[self.batch_idx * b:(self.batch_idx + 1) * b]
+        self.batch_idx += 1
+        if self.data.dynamic:
+            return torch.bernoulli(self.data.train_probs[idx], generator=self.gen)
+        return self.data.train[idx]
+
+    # -- evaluation ------------------------------------------------------------------------
+    def swap_ema(self):
+        """Exchange the live weights and the EMA weights (call twice to restore)."""
+        if self.ema is None:
+            return
+        live = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+        self.model.load_state_dict(self.ema)
+        self.ema = live
+
+    @torch.no_grad()
+    def evaluate_test(self, n: int | None = None, batch_size: int = 250) -> dict:
+        """Test ELBO (nats per example and bits/dim) on the first ``n`` test examples."""
+        n = min(n or self.cfg.eval_examples, self.data.test.shape[0])
+        self.swap_ema()
+        self.model.eval()
+        try:
+            total = 0.0
+            with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+                torch.manual_seed(self.cfg.seed + 1)
+                for i in range(0, n, batch_size):
+                    x = self.data.test[i:min(i + batch_size, n)].to(self.device, self.dtype)
+                    total += self.estimator.loss(self.model.model, self.model.guide, x)
+        finally:
+            self.model.train()
+            self.swap_ema()
+        nats = -total / n
+        return {"elbo": nats, "bpd": -nats / (self.data.dim * math.log(2))}
+
+    # -- checkpoints -----------------------------------------------------------------------
+    def state(self) -> dict:
+        return {
+            "version": 1, "config": asdict(self.cfg), "model": self.model.state_dict(),
+            "optim": self.optim.get_state(),
+            "estimator": self.estimator.state_dict() if hasattr(self.estimator, "state_dict") else None,
+            "rng": _rng_state(), "gen": self.gen.get_state(), "perm": self.perm, "batch_idx": self.batch_idx,
+            "step": self.step, "history": self.history, "losses": self.losses, "ema": self.ema,
+            "data": {"name": self.data.name, "kind": self.data.kind, "shape": self.data.shape},
+        }
+
+    def save(self, path: str | None = None) -> None:
+        if self.is_main:
+            save_checkpoint(path or self.ckpt_path, self.state())
+
+    def load(self, path: str) -> None:
+        ck = load_checkpoint(path, map_location=self.device)
+        if ck["config"]["model"] != self.cfg.model:
+            raise ValueError(f"checkpoint is of model {ck['config']['model']!r}, not {self.cfg.model!r}")
+        self.model.load_state_dict(ck["model"])
+        self.optim.set_state(ck["optim"])
+        if ck.get("estimator") and hasattr(self.estimator, "load_state_dict"):
+            self.estimator.load_state_dict(ck["estimator"])
+        _set_rng_state(ck["rng"])
+        self.gen.set_state(ck["gen"])
+        self.perm, self.batch_idx, self.step = ck["perm"], ck["batch_idx"], ck["step"]
+        self.history, self.losses, self.ema = ck["history"], ck["losses"], ck["ema"]
+
+    # -- the loop --------------------------------------------------------------------------
+    def fit(self) -> dict:
+        from tqdm.auto import tqdm
+
+        cfg, total = self.cfg, self.total_steps
+        eval_every = cfg.eval_every or self.steps_per_epoch
+        ckpt_every = cfg.checkpoint_every or self.steps_per_epoch
+        bar = tqdm(total=total, initial=self.step, disable=not (cfg.progress and self.is_main),
+                   desc=f"{cfg.model} on {self.data.name}", dynamic_ncols=True)
+        start = time.perf_counter()
+        steps_run = 0
+        while self.step < total:
+            x = self._next_batch().to(self.device, self.dtype)
+            loss = self.svi.step(x)
+            if not math.isfinite(loss):
+                bar.close()
+                kept = f"the last good checkpoint is kept at {self.ckpt_path}" if os.path.exists(self.ckpt_path) else "no checkpoint had been written yet"
+                raise TrainingDiverged(f"loss became {loss} at step {self.step + 1}; training stopped and {kept}")
+            self.step += 1
+            steps_run += 1
+            per_ex = loss / x.shape[0]
+            self.losses.append(per_ex)
+            if self.ema is not None:
+                with torch.no_grad():
+                    for k, v in self.model.state_dict().items():
+                        if v.dtype.is_floating_point:
+                            self.ema[k].mul_(cfg.ema).add_(v.detach(), alpha=1 - cfg.ema)
+                        else:
+                            self.ema[k].copy_(v)
+            bar.update(1)
+            bar.set_postfix(elbo=f"{-per_ex:.2f}", bpd=f"{per_ex / (self.data.dim * math.log(2)):.4f}")
+            if self.step % eval_every == 0 or self.step == total:
+                ev = self.evaluate_test()
+                elapsed = time.perf_counter() - start
+                self.history.append({"step": self.step, "epoch": self.step / self.steps_per_epoch,
+                                     "train_elbo": -per_ex, "test_elbo": ev["elbo"], "test_bpd": ev["bpd"],
+                                     "seconds": elapsed, "steps_run": steps_run})
+                if self.is_main:
+                    bar.write(f"step {self.step:6d}  train ELBO {-per_ex:9.3f}  test ELBO {ev['elbo']:9.3f} nats  {ev['bpd']:.4f} bits/dim")
+            if self.step % ckpt_every == 0 or self.step == total:
+                self.save()
+        bar.close()
+        if self.is_main:
+            os.makedirs(cfg.out, exist_ok=True)
+            with open(os.path.join(cfg.out, "history.json"), "w") as f:
+                json.dump({"history": self.history, "losses": self.losses}, f)
+        seconds = time.perf_counter() - start
+        return {"steps": self.step, "seconds": seconds, "history": self.history, "losses": self.losses,
+                "seconds_per_epoch": seconds / max(steps_run, 1) * self.steps_per_epoch}
+
+
+def train(cfg: TrainConfig, data: DataSplit | None = None) -> Trainer:
+    """Build a :class:`Trainer` and run it; returns the trainer (model, history, losses)."""
+    t = Trainer(cfg, data)
+    t.result = t.fit()
+    return t
