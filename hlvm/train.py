@@ -313,7 +313,12 @@ class Trainer:
         steps_run = 0
         while self.step < total:
             x = self._next_batch().to(self.device, self.dtype)
-            loss = self.svi.step(x)
+            try:
+                loss = self.svi.step(x)
+            except ValueError as e:  # Pyro's validation meets NaN parameters or factors first
+                if "invalid values" not in str(e) and "nan" not in str(e).lower():
+                    raise
+                loss = float("nan")
             if not math.isfinite(loss):
                 bar.close()
                 kept = f"the last good checkpoint is kept at {self.ckpt_path}" if os.path.exists(self.ckpt_path) else "no checkpoint had been written yet"

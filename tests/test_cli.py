@@ -1,0 +1,128 @@
+"""Every CLI command end to end with tiny budgets, as subprocesses; bad input exits 2 with one line."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def hlvm(*args, cwd=None, timeout=600):
+    env = dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS="1")
+    return subprocess.run([sys.executable, "-m", "hlvm.cli", *map(str, args)], cwd=cwd or ROOT, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def _is_png(path):
+    with open(path, "rb") as f:
+        return f.read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+def test_demo_runs():
+    r = hlvm("demo", "--batch-size", "8")
+    assert r.returncode == 0, r.stderr
+    assert "diffusion loss L_T, T =     ∞" in r.stdout
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    out = tmp_path_factory.mktemp("run") / "vdm"
+    r = hlvm("train", "vdm", "--data", "digits", "--steps", "6", "--batch-size", "32", "--eval-examples", "32",
+             "--eval-every", "3", "--no-progress", "--out", out)
+    assert r.returncode == 0, r.stderr
+    return out, r
+
+
+def test_train_writes_checkpoint_and_history(trained):
+    out, r = trained
+    assert "test ELBO" in r.stdout and (out / "checkpoint.pt").exists()
+    hist = json.load(open(out / "history.json"))
+    assert [h["step"] for h in hist["history"]] == [3, 6]
+    assert len(hist["losses"]) == 6
+
+
+def test_train_resume_continues(trained, tmp_path):
+    out, _ = trained
+    r = hlvm("train", "vdm", "--data", "digits", "--steps", "8", "--batch-size", "32", "--eval-examples", "32",
+             "--eval-every", "4", "--no-progress", "--out", out, "--resume")
+    assert r.returncode == 0, r.stderr
+    assert len(json.load(open(out / "history.json"))["losses"]) == 8
+
+
+@pytest.mark.parametrize("extra", [[], ["--steps", "5"], ["--langevin", "--steps", "5"]])
+def test_sample_writes_png(trained, tmp_path, extra):
+    out, _ = trained
+    png = tmp_path / "s.png"
+    r = hlvm("sample", "vdm", "--checkpoint", out, "--n", "4", "--out", png, *extra)
+    assert r.returncode == 0, r.stderr
+    assert _is_png(png)
+
+
+def test_compare_writes_report(tmp_path):
+    out = tmp_path / "cmp"
+    r = hlvm("compare", "--models", "vae,hvae-td,vdm", "--data", "digits", "--steps", "4", "--batch-size", "32",
+             "--K", "30", "--iwae-examples", "8", "--iwae-steps", "4", "--eval-examples", "64", "--no-progress", "--out", out)
+    assert r.returncode == 0, r.stderr
+    rep = json.load(open(out / "report.json"))
+    assert [row["model"] for row in rep["rows"]] == ["vae", "hvae-td", "vdm"]
+    for row in rep["rows"]:
+        # same units: bits/dim = −ELBO / (D ln 2) with D = 64 for the 8×8 digits
+        assert row["bpd"] == pytest.approx(-row["elbo"] / (64 * 0.6931471805599453), rel=1e-9)
+        assert row["params"] > 0 and row["sec_per_epoch"] > 0
+    md = open(out / "report.md").read()
+    assert "| vae |" in md and "| vdm |" in md
+    for f in ["elbo_curves.png", "breakdown.png", "samples_vae.png", "reconstructions_vdm.png"]:
+        assert _is_png(out / f), f
+
+
+@pytest.mark.parametrize("args,message", [
+    (["train", "nosuchmodel"], "unknown model 'nosuchmodel'"),
+    (["train", "vae", "--data", "nosuchdata"], "unknown dataset 'nosuchdata'"),
+    (["train", "vae", "--epochs", "-1"], "--epochs must be >= 0"),
+    (["train", "vae", "--batch-size", "0"], "--batch-size must be >= 1"),
+    (["train", "vae", "--device", "tpu"], "--device must be cpu or cuda"),
+    (["train", "vae", "--data", "mnist", "--data-dir", "/proc/1/nonexistent/dir"], "could not read or download"),
+    (["train", "vae", "--data", "mnist"], "needs --data-dir"),
+    (["train", "vae", "--resume", "--out", "/nonexistent/run"], "no checkpoint"),
+    (["sample", "vae", "--checkpoint", "/nonexistent/ck.pt"], "does not exist"),
+    (["compare", "--models", "vae,bogus"], "unknown model 'bogus'"),
+    (["train", "missing_file.py:Model"], "does not exist"),
+    (["train"], "required: model"),
+    (["frobnicate"], "invalid choice"),
+])
+def test_bad_input_exits_2_with_one_line(args, message):
+    r = hlvm(*args, timeout=120)
+    assert r.returncode == 2, (r.returncode, r.stderr)
+    lines = [l for l in r.stderr.splitlines() if l.strip() and not l.startswith("usage:") and not l.startswith("  ")]
+    assert len(lines) == 1, r.stderr
+    assert message in lines[0]
+    assert "Traceback" not in r.stderr
+
+
+def test_nan_loss_stops_with_clear_message(tmp_path):
+    """A user model whose loss turns NaN: exit 1, a clear message, the last good checkpoint kept."""
+    src = tmp_path / "nanmodel.py"
+    src.write_text(
+        "import pyro, torch\n"
+        "from models import VAE\n"
+        "class NaNVAE(VAE):\n"
+        "    calls = 0\n"
+        "    def model(self, x=None, batch_size=None):\n"
+        "        out = super().model(x, batch_size)\n"
+        "        if self.training and torch.is_grad_enabled():\n"
+        "            NaNVAE.calls += 1\n"
+        "            if NaNVAE.calls > 4:\n"
+        "                pyro.factor('boom', torch.tensor(float('nan')))\n"
+        "        return out\n")
+    out = tmp_path / "run"
+    r = hlvm("train", f"{src}:NaNVAE", "--data", "digits", "--steps", "10", "--batch-size", "32", "--eval-examples", "32",
+             "--eval-every", "100", "--checkpoint-every", "2", "--no-progress", "--out", out)
+    assert r.returncode == 1, r.stderr
+    assert "loss became nan at step 5" in r.stderr and "last good checkpoint is kept" in r.stderr
+    assert "Traceback" not in r.stderr
+    import torch
+    ck = torch.load(out / "checkpoint.pt", weights_only=False)
+    assert ck["step"] == 4
