@@ -3,6 +3,7 @@ PYTHON ?= python3.12
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
+DEMO_STEPS ?= 2000
 
 .PHONY: demo test install graphviz bench render clean
 
@@ -23,8 +24,10 @@ graphviz:
 	      || echo "warning: could not install graphviz; image rendering will fail, dot sources still work"; \
 	  else echo "warning: 'dot' not found and apt unusable; install Graphviz for image rendering"; fi; }
 
+# The main job: VAE, bottom-up HVAE, top-down HVAE and VDM under one budget on the embedded
+# MNIST subset, compared in the same units (report in reports/demo/).
 demo: install
-	$(VENV)/bin/hlvm demo
+	$(VENV)/bin/hlvm compare --models vae,hvae-bu,hvae-td,vdm --data mnist5k --steps $(DEMO_STEPS) --out reports/demo
 
 test: install
 	$(PY) -m pytest -q $(PYTEST_ARGS)

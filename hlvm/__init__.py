@@ -12,6 +12,16 @@ from .parameterization import to_x, from_x, convert, score_from_energy, loss_wei
 from .denoiser import Denoiser
 from .nets import GammaEmbedding, FourierFeatures, MLPBackbone, UNet, QuadraticEnergy
 from .oracle import GaussianOracle
+from .likelihoods import BernoulliLikelihood, Discretized8bitLikelihood, GaussianLikelihood, make_likelihood
+from .diffusion import DiffusionChain, gaussian_decoder
+from .elbo import DiffusionELBO
+from .timesteps import TimestepSampler
+from . import render  # callable: hlvm.render(model, guide, *args) draws p and q side by side
+from .render import (render_module, check_mean_field, guide_direction, topological_order, pair_graphs,
+                     program_graph, GraphvizNotFoundError)
+from . import evaluate  # callable: hlvm.evaluate(model, data, ...) runs hlvm.evaluate.evaluate
+from .evaluate import (ParetoKWarning, per_example_log_weights, iwae_bound, pareto_khat, per_site_terms,
+                       active_units)
 
 __version__ = "0.1.0"
 
@@ -22,5 +32,10 @@ __all__ = [
     "q_zs_given_zt_x", "diffusion_kl", "diffusion_kl_eps", "prior_kl",
     "to_x", "from_x", "convert", "score_from_energy", "loss_weight",
     "Denoiser", "GammaEmbedding", "FourierFeatures", "MLPBackbone", "UNet", "QuadraticEnergy",
-    "GaussianOracle",
+    "GaussianOracle", "BernoulliLikelihood", "Discretized8bitLikelihood", "GaussianLikelihood", "make_likelihood",
+    "DiffusionChain", "gaussian_decoder", "DiffusionELBO", "TimestepSampler",
+    "render", "render_module", "check_mean_field", "guide_direction", "topological_order", "pair_graphs",
+    "program_graph", "GraphvizNotFoundError",
 ]
+__all__ += ["evaluate", "ParetoKWarning", "per_example_log_weights", "iwae_bound", "pareto_khat", "per_site_terms",
+            "active_units"]

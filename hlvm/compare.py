@@ -106,9 +106,9 @@ def run_compare(models: list[str], base: TrainConfig, out: str, K: int = 50, iwa
                     save_grid(pair, os.path.join(out, f"reconstructions_{tag}.png"), data.kind, nrow=16)
         if render:
             try:
-                from .render import render as render_pair
+                from .render import render_module
 
-                render_pair(model, os.path.join(out, f"diagram_{tag}"), format="png")
+                render_module(model, os.path.join(out, f"diagram_{tag}.png"))
             except Exception as e:  # rendering is optional in a report (e.g. no Graphviz)
                 log(f"   (no plate diagram for {name}: {str(e).splitlines()[0]})")
         log(f"   ELBO {ev['elbo']:.2f} nats ({ev['bpd']:.4f} bits/dim)"

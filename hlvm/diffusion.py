@@ -30,7 +30,7 @@ from torch import nn
 from .gaussian import alpha_sigma, prior_kl, q_zs_given_zt_x, q_zt_given_x
 from .likelihoods import GaussianLikelihood, Likelihood
 
-__all__ = ["DiffusionChain", "analytic_context", "active_analytic"]
+__all__ = ["DiffusionChain", "analytic_context", "active_analytic", "gaussian_decoder"]
 
 _ACTIVE: contextvars.ContextVar = contextvars.ContextVar("hlvm_analytic_diffusion", default=None)
 
@@ -261,5 +261,3 @@ def gaussian_decoder(event_shape) -> GaussianLikelihood:
     """p(y | z_0) = N(y; z_0/α_0, σ_0²/α_0²) for a continuous latent y (a diffusion prior)."""
     return GaussianLikelihood(event_shape)
 
-
-__all__.append("gaussian_decoder")
