@@ -19,7 +19,7 @@ Under :class:`hlvm.DiffusionELBO` the chain *collapses*: its T latent sites vani
 from __future__ import annotations
 
 import contextvars
-import math
+import itertools
 from contextlib import contextmanager
 
 import pyro
@@ -98,10 +98,13 @@ class DiffusionChain(nn.Module):
         t = torch.arange(steps + 1, device=like.device, dtype=like.dtype) / steps
         return self.schedule.gamma(t)
 
-    def _ref(self):
-        p = next(iter(self.denoiser.parameters()), None) if isinstance(self.denoiser, nn.Module) else None
-        b = next(iter(self.denoiser.buffers()), None) if p is None and isinstance(self.denoiser, nn.Module) else None
-        return p if p is not None else (b if b is not None else torch.zeros(()))
+    def _ref(self) -> torch.Tensor:
+        """A tensor with the chain's dtype and device (its first parameter or buffer)."""
+        for m in (self.denoiser, self.schedule):
+            if isinstance(m, nn.Module):
+                for t in itertools.chain(m.parameters(), m.buffers()):
+                    return t
+        return torch.zeros(())
 
     def _std_normal(self, batch: int, like: torch.Tensor):
         shape = (batch,) + self.event_shape
