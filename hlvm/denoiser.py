@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .parameterization import SOURCES, TARGETS, check_target, convert, score_from_energy
+from .parameterization import SOURCES, TARGETS, check_target, convert, score_from_energy, x_from_binary_logit
 
 __all__ = ["Denoiser"]
 
@@ -25,7 +25,8 @@ class Denoiser(nn.Module):
         backbone: a module mapping (z_t of shape (B, ...), γ_t of shape (B,)) to a tensor of z_t's
             shape — or, for ``"energy"``, to energies of shape (B,).
         parameterization: what the backbone predicts, one of
-            ``x``, ``eps``, ``score``, ``v``, ``flow``, ``energy``.
+            ``x``, ``eps``, ``score``, ``v``, ``flow``, ``energy``, or ``logit`` (binary data in
+            {−1, 1}: x̂ = tanh(αz/σ² + out), see :mod:`hlvm.parameterization`).
 
     .. warning:: ``flow`` needs γ'(t), which γ alone does not determine: pass ``dgamma_dt``.
     """
@@ -48,8 +49,10 @@ class Denoiser(nn.Module):
         """The backbone's own output and its kind (the energy is returned as the score)."""
         gamma_t = self._gamma(gamma_t, z_t)
         if self.parameterization == "energy":
-            return score_from_energy(lambda z: self.backbone(z, gamma_t), z_t, create_graph=self.training or torch.is_grad_enabled()), "score"
+            return score_from_energy(lambda z: self.backbone(z, gamma_t), z_t, create_graph=torch.is_grad_enabled()), "score"
         out = self.backbone(z_t, gamma_t)
+        if self.parameterization == "logit":
+            return x_from_binary_logit(out, z_t, gamma_t), "x"
         if out.shape != z_t.shape:
             raise ValueError(f"backbone output shape {tuple(out.shape)} does not match z_t {tuple(z_t.shape)}")
         return out, self.parameterization

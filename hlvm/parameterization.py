@@ -8,6 +8,12 @@ affine function of any other one and z_t:
 * v̂ = α ε̂ − σ x̂   (Salimans & Ho 2022)
 * û = dz_t/dt = α' x̂ + σ' ε̂ = ½ γ' α σ v̂,  since α' = −½ γ' α σ² and σ' = ½ γ' σ α²
 
+For binary data x ∈ {−1, 1} the ``logit`` parameterization builds in the likelihood: the exact
+posterior of one pixel given z_t has logit 2αz/σ² + prior logit, so a backbone predicting half the
+(context-dependent) prior logit h gives x̂ = tanh(αz/σ² + h).  At h = 0 this is already the Bayes
+denoiser of independent fair coins; the network only learns the correlations.  Like the energy it is
+source-only.
+
 The energy is a *source-only* parameterization: a backbone may output a scalar E(z) per example
 and the score follows by autograd, but a general score field need not be conservative, so
 nothing converts *to* an energy.
@@ -36,12 +42,12 @@ import torch
 from .gaussian import alpha_sigma, _pad
 
 __all__ = ["TARGETS", "SOURCES", "to_x", "from_x", "convert", "score_from_energy", "loss_weight",
-           "check_target"]
+           "check_target", "x_from_binary_logit"]
 
 #: prediction targets that can be converted to and from one another
 TARGETS = ("x", "eps", "score", "v", "flow")
-#: targets a backbone may predict (energy converts to the others via autograd)
-SOURCES = TARGETS + ("energy",)
+#: targets a backbone may predict (energy converts to the others via autograd; logit is for {−1, 1} data)
+SOURCES = TARGETS + ("energy", "logit")
 
 
 def check_target(name: str, allowed=TARGETS) -> str:
@@ -106,6 +112,15 @@ def convert(pred: torch.Tensor, src: str, dst: str, z_t: torch.Tensor, gamma_t: 
     if src == dst:
         return pred
     return from_x(to_x(pred, src, z_t, gamma_t, dgamma_dt), dst, z_t, gamma_t, dgamma_dt)
+
+
+def x_from_binary_logit(h: torch.Tensor, z_t: torch.Tensor, gamma_t: torch.Tensor) -> torch.Tensor:
+    """x̂ = E[x | z_t] = tanh(α z/σ² + h) for x ∈ {−1, 1} with prior logit 2h (see module docstring)."""
+    if h.shape != z_t.shape:
+        raise ValueError(f"prediction shape {tuple(h.shape)} does not match z_t shape {tuple(z_t.shape)}")
+    g = _pad(gamma_t, z_t)
+    # α/σ² = sqrt(sigmoid(−γ)) / sigmoid(γ)
+    return torch.tanh(z_t * torch.sigmoid(-g).sqrt() / torch.sigmoid(g) + h)
 
 
 def score_from_energy(energy_fn: Callable[[torch.Tensor], torch.Tensor], z_t: torch.Tensor,

@@ -37,12 +37,14 @@ class VDM(PyroModule):
     Args:
         T: discrete steps (1 … 10⁴ and more), or None for continuous time.
         schedule: a name for :func:`hlvm.schedules.make_schedule` or a NoiseSchedule.
-        backbone: ``"mlp"``, ``"unet"`` or a module f(z_t, γ_t); ``parameterization`` says what it predicts.
+        backbone: ``"mlp"``, ``"unet"`` or a module f(z_t, γ_t); ``parameterization`` says what it predicts
+            (``"auto"``: ``"logit"`` for binary data, whose x̂ = tanh(αz/σ² + f) starts out as the Bayes
+            denoiser of independent pixels, else ``"eps"``).
         trace_steps: steps of the Pyro program in continuous time (stock ELBOs, rendering).
     """
 
     def __init__(self, data_shape=(1, 28, 28), likelihood="binary", T: int | None = None, schedule="linear",
-                 gamma_min: float = -13.3, gamma_max: float = 5.0, backbone="mlp", parameterization: str = "eps",
+                 gamma_min: float = -13.3, gamma_max: float = 5.0, backbone="mlp", parameterization: str = "auto",
                  width: int = 512, depth: int = 3, fourier=None, trace_steps: int = 4):
         super().__init__()
         self.data_shape = tuple(data_shape)
@@ -56,6 +58,8 @@ class VDM(PyroModule):
             net = UNet(self.data_shape[0], base=32, fourier=fourier, gamma_range=(gamma_min, gamma_max))
         else:
             raise ValueError(f"unknown backbone {backbone!r}; expected 'mlp', 'unet' or an nn.Module")
+        if parameterization == "auto":
+            parameterization = "logit" if self.likelihood.kind == "binary" else "eps"
         self.denoiser = Denoiser(net, parameterization)
         self.chain = DiffusionChain(self.denoiser, self.schedule, self.likelihood, T, name="z", trace_steps=trace_steps)
 

@@ -115,3 +115,27 @@ def test_bad_input():
         convert(truth["x"], "x", "flow", z, g)
     with pytest.raises(ValueError, match="does not match z_t shape"):
         to_x(truth["x"][:2], "eps", z, g)
+
+
+def test_binary_logit_is_the_exact_pixel_posterior_mean():
+    """x̂ = tanh(αz/σ² + h) equals E[x | z_t] for x ∈ {−1, 1} with P(x = 1) = sigmoid(2h), computed
+    independently from the two Gaussian likelihoods; and the Denoiser exposes it as x̂."""
+    from hlvm.denoiser import Denoiser
+    from hlvm.parameterization import x_from_binary_logit
+
+    g = tensor([-4.0, 0.0, 3.0])[:, None].expand(3, 5)
+    a, s = alpha_sigma(g)
+    z, h = tensor(torch.randn(3, 5)), tensor(torch.randn(3, 5))
+    p = torch.sigmoid(2 * h)
+    lik_pos = torch.exp(-0.5 * ((z - a) / s) ** 2)
+    lik_neg = torch.exp(-0.5 * ((z + a) / s) ** 2)
+    exact = (p * lik_pos - (1 - p) * lik_neg) / (p * lik_pos + (1 - p) * lik_neg)
+    torch.testing.assert_close(x_from_binary_logit(h, z, g[:, 0]), exact, rtol=1e-9, atol=1e-12)
+
+    class Const(torch.nn.Module):
+        def forward(self, z_t, gamma_t):
+            return h
+
+    den = Denoiser(Const(), "logit")
+    torch.testing.assert_close(den(z, g[:, 0]), exact, rtol=1e-9, atol=1e-12)
+    torch.testing.assert_close(den.eps_hat(z, g[:, 0]), (z - a * exact) / s, rtol=1e-9, atol=1e-9)
