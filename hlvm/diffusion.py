@@ -236,7 +236,11 @@ class DiffusionChain(nn.Module):
         """Annealed Langevin dynamics from the score ŝθ = −ε̂θ/σ (Song & Ermon 2019), as a
         predictor–corrector sampler (Song et al. 2021, Alg. 5): at each level an ancestral
         predictor step, then ``corrector_steps`` Langevin steps z ← z + η ŝ + √(2η) ξ with
-        η = 2 (snr ‖ξ‖/‖ŝ‖)² per example.
+        η = 2 (snr · mean‖ξ‖ / mean‖ŝ‖)², the norms averaged over the batch.
+
+        .. warning:: The step size is shared by the batch, as in the reference implementation of
+            Song et al. (2021).  A per-example η is unstable in low dimension: where ‖ŝ‖ is small
+            (near a mode) it becomes huge and the chain over-disperses.
         """
         ref = like if like is not None else self._ref()
         ref = ref if torch.is_floating_point(ref) else ref.float()
@@ -244,8 +248,8 @@ class DiffusionChain(nn.Module):
         shape = (n,) + self.event_shape
         z = torch.randn(shape, dtype=ref.dtype, device=ref.device, generator=generator)
 
-        def norm(v):
-            return v.flatten(1).norm(dim=-1).reshape((n,) + (1,) * len(self.event_shape))
+        def norm(v):  # mean over the batch of the per-example Euclidean norm
+            return v.flatten(1).norm(dim=-1).mean()
 
         for i in range(steps, -1, -1):
             if i < steps:  # predictor: ancestral step from level i+1 to i
