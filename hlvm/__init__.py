@@ -16,6 +16,7 @@ from .likelihoods import BernoulliLikelihood, Discretized8bitLikelihood, Gaussia
 from .diffusion import DiffusionChain, gaussian_decoder
 from .elbo import DiffusionELBO
 from .timesteps import TimestepSampler
+from . import optim  # hlvm.optim.Adam: one torch optimizer over all parameters, for SVI
 from . import render  # callable: hlvm.render(model, guide, *args) draws p and q side by side
 from .render import (render_module, check_mean_field, guide_direction, topological_order, pair_graphs,
                      program_graph, GraphvizNotFoundError)
@@ -33,7 +34,7 @@ __all__ = [
     "to_x", "from_x", "convert", "score_from_energy", "loss_weight",
     "Denoiser", "GammaEmbedding", "FourierFeatures", "MLPBackbone", "UNet", "QuadraticEnergy",
     "GaussianOracle", "BernoulliLikelihood", "Discretized8bitLikelihood", "GaussianLikelihood", "make_likelihood",
-    "DiffusionChain", "gaussian_decoder", "DiffusionELBO", "TimestepSampler",
+    "DiffusionChain", "gaussian_decoder", "DiffusionELBO", "TimestepSampler", "optim",
     "render", "render_module", "check_mean_field", "guide_direction", "topological_order", "pair_graphs",
     "program_graph", "GraphvizNotFoundError",
 ]

@@ -25,6 +25,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 import pyro.distributions as dist
+from pyro.infer.util import is_validation_enabled
 
 __all__ = [
     "alpha_sigma",
@@ -60,8 +61,11 @@ def snr(gamma: torch.Tensor) -> torch.Tensor:
 
 
 def check_levels(gamma_s: torch.Tensor, gamma_t: torch.Tensor) -> None:
-    """Raise ValueError unless γ_s < γ_t elementwise (s is the less noisy level)."""
-    if torch.jit.is_tracing() or torch.compiler.is_compiling():
+    """Raise ValueError unless γ_s < γ_t elementwise (s is the less noisy level).
+
+    Runs only while Pyro validation is enabled (it reads values: a device sync on CUDA).
+    """
+    if not is_validation_enabled() or torch.jit.is_tracing() or torch.compiler.is_compiling():
         return
     if bool((torch.as_tensor(gamma_s) >= torch.as_tensor(gamma_t)).any()):
         raise ValueError("gamma_s must be < gamma_t (s < t means less noise at s)")

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 import pyro.distributions as dist
 from pyro.distributions import constraints
 from pyro.distributions.torch_distribution import TorchDistribution
+from pyro.infer.util import is_validation_enabled
 
 __all__ = ["Likelihood", "BernoulliLikelihood", "Discretized8bitLikelihood", "GaussianLikelihood",
            "GridGaussian", "make_likelihood"]
@@ -61,7 +62,11 @@ class Likelihood:
         return x
 
     def check(self, x):
-        """Raise ValueError unless x has the event shape and the representation's values."""
+        """Raise ValueError unless x has the event shape and the representation's values.
+
+        The shape is always checked; the values (a device sync on CUDA) only while Pyro validation
+        is enabled, as ``torch.distributions`` does with ``validate_args``.
+        """
         if tuple(x.shape[-self.event_dims:]) != self.event_shape:
             raise ValueError(f"data of shape {tuple(x.shape)} does not end in the likelihood's event shape {self.event_shape}")
 
@@ -93,7 +98,7 @@ class BernoulliLikelihood(Likelihood):
 
     def check(self, x):
         super().check(x)
-        if not bool(((x == 0) | (x == 1)).all()):
+        if is_validation_enabled() and not bool(((x == 0) | (x == 1)).all()):
             raise ValueError("binary likelihood needs data in {0, 1}")
 
 
@@ -173,7 +178,7 @@ class Discretized8bitLikelihood(Likelihood):
 
     def check(self, x):
         super().check(x)
-        if not bool(((x >= 0) & (x <= self.levels - 1) & (x == x.round())).all()):
+        if is_validation_enabled() and not bool(((x >= 0) & (x <= self.levels - 1) & (x == x.round())).all()):
             raise ValueError(f"8bit likelihood needs integer data in [0, {self.levels - 1}]")
 
 

@@ -26,6 +26,7 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
+from pyro.infer.util import is_validation_enabled
 
 __all__ = [
     "NoiseSchedule",
@@ -40,11 +41,16 @@ __all__ = [
 
 
 def check_time(t: torch.Tensor, name: str = "t") -> torch.Tensor:
-    """Return ``t`` as a tensor after checking that every entry lies in [0, 1]."""
+    """Return ``t`` as a tensor after checking that every entry lies in [0, 1].
+
+    The check reads the values (a device sync on CUDA), so like ``torch.distributions`` argument
+    validation it runs only while Pyro validation is enabled (the default; see
+    ``pyro.enable_validation``).
+    """
     t = torch.as_tensor(t)
     if not torch.is_floating_point(t):
         t = t.to(torch.get_default_dtype())
-    if t.numel() and not torch.jit.is_tracing() and not _is_compiling():
+    if t.numel() and is_validation_enabled() and not torch.jit.is_tracing() and not _is_compiling():
         if bool(torch.isnan(t).any()) or bool((t < 0).any()) or bool((t > 1).any()):
             raise ValueError(f"{name} must lie in [0, 1], got values in [{t.min().item()}, {t.max().item()}]")
     return t

@@ -29,6 +29,7 @@ import torch
 import torch.distributed as dist
 from pyro.infer import SVI
 
+from . import optim as hlvm_optim
 from .data import DataSplit, load_dataset
 from .zoo import build_model, make_estimator
 
@@ -169,7 +170,7 @@ class Trainer:
                                  **cfg.model_kwargs).to(self.device)
         self.dtype = next(self.model.parameters()).dtype
         self.estimator = make_estimator(cfg.estimator, self.model)
-        self.optim = pyro.optim.Adam({"lr": cfg.lr})
+        self.optim = hlvm_optim.Adam({"lr": cfg.lr})  # one torch Adam over all parameters
         self.svi = SVI(self.model.model, self.model.guide, self.optim, loss=self._loss, loss_and_grads=self._loss_and_grads)
         self.gen = torch.Generator().manual_seed(cfg.seed)
         self.step, self.batch_idx, self.perm = 0, 0, None

@@ -62,20 +62,22 @@ class BottomUpHVAE(PyroModule):
         if x is not None:
             self.likelihood.check(x)
         ref = ref_tensor(self, x)
+        priors, decoder = self.priors, self.decoder  # one Pyro registration per run, outside the plate
         with pyro.plate("data", b):
             z = pyro.sample(f"z_{self.L}", std_normal(b, self.latent_dims[-1], ref))
             for l in range(self.L, 1, -1):
-                loc, scale = self.priors[l - 2](z)
+                loc, scale = priors[l - 2](z)
                 z = pyro.sample(f"z_{l - 1}", dist.Normal(loc, scale).to_event(1))
-            px = self.likelihood.from_decoder(self.decoder(z))
+            px = self.likelihood.from_decoder(decoder(z))
             return pyro.sample("x", px, obs=None if x is None else self.likelihood.observe(x))
 
     @pyro_method
     def guide(self, x=None, batch_size=None):
+        encoders = self.encoders
         with pyro.plate("data", x.shape[0]):
             h = self.likelihood.to_model_space(x)
             for l in range(1, self.L + 1):
-                loc, scale = self.encoders[l - 1](h)
+                loc, scale = encoders[l - 1](h)
                 h = pyro.sample(f"z_{l}", dist.Normal(loc, scale).to_event(1))
             return h
 

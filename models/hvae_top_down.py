@@ -111,14 +111,33 @@ class TopDownHVAE(PyroModule):
         t = torch.arange(self.L + 1, dtype=ref.dtype, device=ref.device) / self.L
         return self.schedule.gamma(t)
 
+    def transitions_fn(self, ref):
+        """(z_{l+1}, l) ↦ p(z_l | z_{l+1}) for l = 1..L−1.
+
+        Each access ``self.child`` of a PyroModule registers all of the child's parameters with
+        Pyro again, so the networks are fetched here once per program run and closed over.
+        """
+        if self.transition == "denoiser":
+            g, denoisers = self._levels(ref), self.denoisers
+
+            def p(z_next, l):
+                den = denoisers[0] if self.shared else denoisers[l - 1]
+                return q_zs_given_zt_x(z_next, den(z_next, g[l + 1]), g[l], g[l + 1])
+        elif self.shared:
+            net = self.shared_transition
+
+            def p(z_next, l):
+                return dist.Normal(*net(z_next, l - 1))
+        else:
+            nets = self.transitions
+
+            def p(z_next, l):
+                return dist.Normal(*nets[l - 1](z_next))
+        return p
+
     def p_transition(self, z_next, l: int, ref):
         """p(z_l | z_{l+1}) for l = 1..L−1."""
-        if self.transition == "denoiser":
-            g = self._levels(ref)
-            den = self.denoisers[0] if self.shared else self.denoisers[l - 1]
-            return q_zs_given_zt_x(z_next, den(z_next, g[l + 1]), g[l], g[l + 1])
-        loc, scale = self.shared_transition(z_next, l - 1) if self.shared else self.transitions[l - 1](z_next)
-        return dist.Normal(loc, scale)
+        return self.transitions_fn(ref)(z_next, l)
 
     # ------------------------------------------------------------------ the Pyro program
     @pyro_method
@@ -127,36 +146,41 @@ class TopDownHVAE(PyroModule):
         if x is not None:
             self.likelihood.check(x)
         ref = ref_tensor(self, x)
+        p_transition, decoder = self.transitions_fn(ref), self.decoder  # registered once, outside the plate
         with pyro.plate("data", b):
             z = pyro.sample(f"z_{self.L}", std_normal(b, self.latent_dims[-1], ref))
             for l in range(self.L - 1, 0, -1):
-                z = pyro.sample(f"z_{l}", self.p_transition(z, l, ref).to_event(1))
-            px = self.likelihood.from_decoder(self.decoder(z))
+                z = pyro.sample(f"z_{l}", p_transition(z, l).to_event(1))
+            px = self.likelihood.from_decoder(decoder(z))
             return pyro.sample("x", px, obs=None if x is None else self.likelihood.observe(x))
 
     @pyro_method
     def guide(self, x=None, batch_size=None):
         xt = self.likelihood.to_model_space(x).flatten(1)  # (B, D)
-        with pyro.plate("data", x.shape[0]):
-            if self.posterior == "diffusion":
-                g = self._levels(xt)
+        if self.posterior == "diffusion":
+            g = self._levels(xt)
+            with pyro.plate("data", x.shape[0]):
                 z = pyro.sample(f"z_{self.L}", q_zt_given_x(xt, g[self.L]).to_event(1))
                 for l in range(self.L - 1, 0, -1):
                     z = pyro.sample(f"z_{l}", q_zs_given_zt_x(z, xt, g[l], g[l + 1]).to_event(1))
                 return z
+        # the networks, fetched (and registered with Pyro) once per run, outside the plate
+        up, q_top, p_transition = self.up, self.q_top, self.transitions_fn(xt)
+        merge_nets = self.messages if self.merge == "precision" else self.residuals
+        with pyro.plate("data", x.shape[0]):
             hs, h = [], xt
-            for l, f in enumerate(self.up, start=1):
+            for l, f in enumerate(up, start=1):
                 h = deterministic(f"d_{l}", f(h), event_dim=1)
                 hs.append(h)
-            loc, scale = self.q_top(hs[-1])
+            loc, scale = q_top(hs[-1])
             z = pyro.sample(f"z_{self.L}", dist.Normal(loc, scale).to_event(1))
             for l in range(self.L - 1, 0, -1):
-                p = self.p_transition(z, l, xt)
+                p = p_transition(z, l)
                 if self.merge == "precision":
-                    m_loc, m_scale = self.messages[l - 1](hs[l - 1])
+                    m_loc, m_scale = merge_nets[l - 1](hs[l - 1])
                     loc, scale = precision_merge(m_loc, m_scale, p.loc, p.scale)
                 else:
-                    d_loc, d_scale = self.residuals[l - 1](torch.cat([hs[l - 1], z], dim=-1))
+                    d_loc, d_scale = merge_nets[l - 1](torch.cat([hs[l - 1], z], dim=-1))
                     loc, scale = p.loc + d_loc, p.scale * d_scale
                 z = pyro.sample(f"z_{l}", dist.Normal(loc, scale).to_event(1))
             return z

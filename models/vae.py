@@ -47,15 +47,17 @@ class VAE(PyroModule):
         if x is not None:
             self.likelihood.check(x)
         ref = ref_tensor(self, x)
+        decoder = self.decoder  # registers its parameters with Pyro: once per run, outside the plate
         with pyro.plate("data", b):
             z = pyro.sample("z", std_normal(b, self.latent_dim, ref))
-            px = self.likelihood.from_decoder(self.decoder(z))
+            px = self.likelihood.from_decoder(decoder(z))
             return pyro.sample("x", px, obs=None if x is None else self.likelihood.observe(x))
 
     @pyro_method
     def guide(self, x=None, batch_size=None):
+        encoder = self.encoder
         with pyro.plate("data", x.shape[0]):
-            loc, scale = self.encoder(self.likelihood.to_model_space(x))
+            loc, scale = encoder(self.likelihood.to_model_space(x))
             return pyro.sample("z", dist.Normal(loc, scale).to_event(1))
 
     @torch.no_grad()

@@ -22,7 +22,7 @@ from pyro.nn import PyroModule, pyro_method
 from torch import nn
 
 from hlvm.denoiser import Denoiser
-from hlvm.diffusion import DiffusionChain
+from hlvm.diffusion import DiffusionChain, active_analytic
 from hlvm.nets import MLPBackbone, UNet
 from hlvm.schedules import NoiseSchedule, make_schedule
 
@@ -70,13 +70,18 @@ class VDM(PyroModule):
     @pyro_method
     def model(self, x=None, batch_size=None):
         b = x.shape[0] if x is not None else batch_size
+        chain = self.chain  # registers the denoiser (and a learned schedule) once, outside the plate
         with pyro.plate("data", b):
-            return self.chain.model("x", x, batch_size=b)
+            return chain.model("x", x, batch_size=b)
 
     @pyro_method
     def guide(self, x=None, batch_size=None):
+        if active_analytic() is not None:
+            # DiffusionELBO collapses the chain: q has no sites, and the model registers the parameters
+            return None
+        chain = self.chain
         with pyro.plate("data", x.shape[0]):
-            return self.chain.guide(x)
+            return chain.guide(x)
 
     def sample(self, n: int, steps: int | None = None, return_mean: bool = True, generator=None):
         """Ancestral samples with ``steps`` steps (default T, or 1000 in continuous time)."""
