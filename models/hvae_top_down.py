@@ -111,25 +111,28 @@ class TopDownHVAE(PyroModule):
         t = torch.arange(self.L + 1, dtype=ref.dtype, device=ref.device) / self.L
         return self.schedule.gamma(t)
 
-    def transitions_fn(self, ref):
+    def transitions_fn(self, ref, register: bool = True):
         """(z_{l+1}, l) ↦ p(z_l | z_{l+1}) for l = 1..L−1.
 
         Each access ``self.child`` of a PyroModule registers all of the child's parameters with
         Pyro again, so the networks are fetched here once per program run and closed over.
+        ``register=False`` reads them without registering: the guide reuses the prior's networks,
+        whose parameters belong to (and are registered by) the model.
         """
+        child = (lambda name: getattr(self, name)) if register else self._modules.__getitem__
         if self.transition == "denoiser":
-            g, denoisers = self._levels(ref), self.denoisers
+            g, denoisers = self._levels(ref), child("denoisers")
 
             def p(z_next, l):
                 den = denoisers[0] if self.shared else denoisers[l - 1]
                 return q_zs_given_zt_x(z_next, den(z_next, g[l + 1]), g[l], g[l + 1])
         elif self.shared:
-            net = self.shared_transition
+            net = child("shared_transition")
 
             def p(z_next, l):
                 return dist.Normal(*net(z_next, l - 1))
         else:
-            nets = self.transitions
+            nets = child("transitions")
 
             def p(z_next, l):
                 return dist.Normal(*nets[l - 1](z_next))
@@ -165,7 +168,7 @@ class TopDownHVAE(PyroModule):
                     z = pyro.sample(f"z_{l}", q_zs_given_zt_x(z, xt, g[l], g[l + 1]).to_event(1))
                 return z
         # the networks, fetched (and registered with Pyro) once per run, outside the plate
-        up, q_top, p_transition = self.up, self.q_top, self.transitions_fn(xt)
+        up, q_top, p_transition = self.up, self.q_top, self.transitions_fn(xt, register=False)
         merge_nets = self.messages if self.merge == "precision" else self.residuals
         with pyro.plate("data", x.shape[0]):
             hs, h = [], xt
