@@ -7,6 +7,8 @@
 """
 
 import os
+import pathlib
+
 import pyro
 import pytest
 import torch
@@ -59,3 +61,24 @@ def device():
 def tensor(x, **kw):
     """A tensor on the suite's device and dtype."""
     return torch.as_tensor(x, dtype=kw.pop("dtype", DTYPE), device=kw.pop("device", DEVICE))
+
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def user_hierarchy_class():
+    """``LatentDiffusionVAE`` of examples/user_hierarchy.py, loaded as ``hlvm train FILE:CLASS`` loads it."""
+    from hlvm.zoo import load_class
+
+    return load_class(f"{ROOT / 'examples' / 'user_hierarchy.py'}:LatentDiffusionVAE")
+
+
+@pytest.fixture(scope="module")
+def one_intra_op_thread():
+    """For modules of small tensors, where Pyro's bookkeeping dominates and extra intra-op threads
+    only add contention (several times slower on a loaded 2-core machine); restored afterwards.
+    Use with ``pytestmark = pytest.mark.usefixtures("one_intra_op_thread")``."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

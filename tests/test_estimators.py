@@ -22,9 +22,7 @@ the totals.
 The second half checks the timestep samplers' unbiasedness and the DiffusionELBO's structure.
 """
 
-import importlib.util
 import math
-import pathlib
 
 import pyro
 import pytest
@@ -38,30 +36,15 @@ from hlvm.elbo import DiffusionELBO
 from hlvm.timesteps import TimestepSampler
 from models import VAE, VDM, BottomUpHVAE, TopDownHVAE
 
-from conftest import DEVICE
+from conftest import DEVICE, user_hierarchy_class
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
 SHAPE = (1, 8, 8)
 GMIN, GMAX = -3.0, 3.0  # a moderate schedule for the top-down HVAE's diffusion posterior
 VDM_GMIN, VDM_GMAX = -1.0, 3.0  # VDMs: reconstruction and prior KL are then ≳ 1 nat each, not ≈ 0
 Z_SE = 4.0  # agreement threshold in standard errors
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_intra_op_thread():
-    """Tiny tensors: intra-op threads only add contention (several times slower on a loaded
-    2-core machine).  Restored afterwards."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-def _load_user_hierarchy():
-    spec = importlib.util.spec_from_file_location("user_hierarchy", ROOT / "examples" / "user_hierarchy.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+pytestmark = pytest.mark.usefixtures("one_intra_op_thread")
 
 
 @pytest.fixture(scope="module")
@@ -263,8 +246,8 @@ def test_vdm_8bit_diffusion_elbo_agrees_with_trace_elbo(digits):
 
 def test_latent_diffusion_vae_diffusion_elbo_agrees_with_trace_elbo(digits):
     """The user-defined hierarchy: the collapsed chain sits over a *latent* z (scored by the guide's z)."""
-    uh = _load_user_hierarchy()
-    m, x = _build(lambda: uh.LatentDiffusionVAE(SHAPE, latent_dim=4, T=2, hidden=32)), _binary(digits)
+    LatentDiffusionVAE = user_hierarchy_class()
+    m, x = _build(lambda: LatentDiffusionVAE(SHAPE, latent_dim=4, T=2, hidden=32)), _binary(digits)
     trace = mc_loss(Trace_ELBO(), m, x, seed=1)
     xr = x.repeat(32, 1, 1, 1)
     trace_terms = mc_terms(lambda: trace_chain_terms(m, xr, m.prior, "z"), seed=2)

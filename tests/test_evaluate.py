@@ -8,10 +8,8 @@
   the sign convention of arviz_stats' ``psislw``.
 """
 
-import importlib.util
 import json
 import math
-import pathlib
 import warnings
 
 import numpy as np
@@ -32,9 +30,8 @@ from hlvm.evaluate import (ParetoKWarning, active_units, evaluate, iwae_bound, p
 from hlvm.likelihoods import GaussianLikelihood
 from models import VAE, VDM, BottomUpHVAE, TopDownHVAE
 
-from conftest import DEVICE, DTYPE, tensor
+from conftest import DEVICE, DTYPE, tensor, user_hierarchy_class
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -102,10 +99,7 @@ def test_exact_posterior_every_weight_is_log_likelihood():
 
 
 def _user_hierarchy(T):
-    spec = importlib.util.spec_from_file_location("user_hierarchy_eval", ROOT / "examples" / "user_hierarchy.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod.LatentDiffusionVAE((1, 8, 8), latent_dim=3, T=T, hidden=16)
+    return user_hierarchy_class()((1, 8, 8), latent_dim=3, T=T, hidden=16)
 
 
 ZOO_SMALL = {

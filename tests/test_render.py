@@ -12,7 +12,6 @@ import re
 import shutil
 import subprocess
 import sys
-from pathlib import Path
 
 import pyro
 import pyro.distributions as dist
@@ -24,10 +23,10 @@ import hlvm
 from hlvm.cli import main
 from models import VAE, VDM, BottomUpHVAE, TopDownHVAE
 
+from conftest import ROOT, user_hierarchy_class
+
 R = importlib.import_module("hlvm.render")  # the module (``hlvm.render`` is also callable)
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "examples"))
-from user_hierarchy import LatentDiffusionVAE  # noqa: E402
+LatentDiffusionVAE = user_hierarchy_class()
 
 D = 4  # data dimension of the small test models
 needs_dot = pytest.mark.skipif(shutil.which("dot") is None, reason="Graphviz `dot` not installed")

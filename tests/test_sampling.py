@@ -15,9 +15,7 @@ Standard errors for n samples of a Gaussian with covariance C: SE(mean_i) = sqrt
 SE(S_ij) = sqrt((C_ii C_jj + C_ij²)/(n − 1)) for the sample covariance S.
 """
 
-import importlib.util
 import math
-import pathlib
 
 import pyro
 import pytest
@@ -30,29 +28,18 @@ from hlvm.oracle import GaussianOracle
 from hlvm.schedules import LinearSchedule
 from models import VAE, VDM, BottomUpHVAE, TopDownHVAE
 
-from conftest import DEVICE, tensor
+from conftest import DEVICE, tensor, user_hierarchy_class
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
 SHAPE = (1, 8, 8)
 N = 20_000
 GAMMA_RANGE = (-12.0, 12.0)  # α₁² = sigmoid(−12) ≈ 6e-6: z_1 ∼ N(0, I) is q(z_1) to ~1e-5
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_intra_op_thread():
-    """Tiny tensors: intra-op threads only add contention (several times slower on a loaded
-    2-core machine).  Restored afterwards."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_intra_op_thread")
 
 
 def _latent_diffusion_vae(**kw):
-    spec = importlib.util.spec_from_file_location("user_hierarchy", ROOT / "examples" / "user_hierarchy.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.LatentDiffusionVAE(**kw)
+    return user_hierarchy_class()(**kw)
 
 
 # ---------------------------------------------------------------------------------------------

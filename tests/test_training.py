@@ -16,9 +16,7 @@ two CPU cores.
 """
 
 import dataclasses
-import importlib.util
 import math
-import pathlib
 
 import pyro
 import pytest
@@ -30,31 +28,19 @@ from hlvm.elbo import DiffusionELBO
 from hlvm.schedules import LearnedLinearSchedule
 from models import VAE, VDM, BottomUpHVAE, TopDownHVAE
 
-from conftest import DEVICE
+from conftest import DEVICE, user_hierarchy_class
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_intra_op_thread")]
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
 SHAPE = (1, 28, 28)
 BATCH = 128
 EVAL_N = 500
 
 
 def _latent_diffusion_vae(**kw):
-    spec = importlib.util.spec_from_file_location("user_hierarchy", ROOT / "examples" / "user_hierarchy.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.LatentDiffusionVAE(**kw)
+    return user_hierarchy_class()(**kw)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_intra_op_thread():
-    """These steps are small matrix products where Pyro's bookkeeping dominates; extra intra-op
-    threads only add contention (measured 10× slower with 2 threads on a loaded 2-core machine)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")
