@@ -138,10 +138,6 @@ class TopDownHVAE(PyroModule):
                 return dist.Normal(*nets[l - 1](z_next))
         return p
 
-    def p_transition(self, z_next, l: int, ref):
-        """p(z_l | z_{l+1}) for l = 1..L−1."""
-        return self.transitions_fn(ref)(z_next, l)
-
     # ------------------------------------------------------------------ the Pyro program
     @pyro_method
     def model(self, x=None, batch_size=None):
@@ -192,8 +188,9 @@ class TopDownHVAE(PyroModule):
     def sample(self, n: int, return_mean: bool = True):
         ref = ref_tensor(self)
         z = torch.randn(n, self.latent_dims[-1], dtype=ref.dtype, device=ref.device)
+        p_transition = self.transitions_fn(ref)
         for l in range(self.L - 1, 0, -1):
-            p = self.p_transition(z, l, ref)
+            p = p_transition(z, l)
             z = p.loc + p.scale * torch.randn_like(p.loc)
         d = self.likelihood.from_decoder(self.decoder(z))
         return self.likelihood.mean(d) if return_mean else d.sample()
