@@ -34,8 +34,8 @@ from pyro.infer import SVI, TraceMeanField_ELBO
 from pyro.optim import Adam
 
 from hlvm.data import batches, load_dataset
-from hlvm.elbo import DiffusionELBO
-from hlvm.likelihoods import GaussianLikelihood
+from hlvm.programs.elbo import DiffusionELBO
+from hlvm.programs.likelihoods import GaussianLikelihood
 from models import VAE, VDM
 
 

@@ -32,7 +32,7 @@ from pyro.infer import SVI
 from pyro.optim import Adam
 
 from hlvm.data import batches, load_dataset
-from hlvm.elbo import DiffusionELBO
+from hlvm.programs.elbo import DiffusionELBO
 from hlvm.plots import save_grid
 from models import VDM
 

@@ -22,12 +22,12 @@ import pyro.distributions as dist
 import torch
 from pyro.nn import PyroModule, pyro_method
 
-from hlvm.denoiser import Denoiser
-from hlvm.diffusion import DiffusionChain, gaussian_decoder
-from hlvm.layers import GaussianLayer, mlp
-from hlvm.likelihoods import BernoulliLikelihood
+from hlvm.diffusion.denoiser import Denoiser
+from hlvm.programs.chain import DiffusionChain, gaussian_decoder
+from hlvm.programs.layers import GaussianLayer, mlp
+from hlvm.programs.likelihoods import BernoulliLikelihood
 from hlvm.nets import MLPBackbone
-from hlvm.schedules import LinearSchedule
+from hlvm.diffusion.schedules import LinearSchedule
 
 
 class LatentDiffusionVAE(PyroModule):
@@ -60,7 +60,7 @@ class LatentDiffusionVAE(PyroModule):
 
 def main(argv=None):
     from hlvm.data import batches, load_dataset
-    from hlvm.elbo import DiffusionELBO
+    from hlvm.programs.elbo import DiffusionELBO
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--steps", type=int, default=200)

@@ -4,24 +4,22 @@ A diffusion model is a top-down hierarchical VAE whose posterior is fixed Gaussi
 whose generative transitions share one denoiser x̂θ (De Sousa Ribeiro & Glocker; Kingma et al. 2021).
 """
 
-from .schedules import (NoiseSchedule, LinearSchedule, CosineSchedule, LearnedLinearSchedule,
+from .diffusion.schedules import (NoiseSchedule, LinearSchedule, CosineSchedule, LearnedLinearSchedule,
                         MonotoneNetSchedule, DDPMSchedule, make_schedule)
-from .gaussian import (alpha_sigma, snr, alpha_ts, sigma_sq_ts, q_zt_given_x, q_zt_given_zs,
+from .diffusion.gaussian import (alpha_sigma, snr, alpha_ts, sigma_sq_ts, q_zt_given_x, q_zt_given_zs,
                        q_zs_given_zt_x, diffusion_kl, diffusion_kl_eps, prior_kl)
-from .parameterization import to_x, from_x, convert, score_from_energy, loss_weight
-from .denoiser import Denoiser
+from .diffusion.parameterization import to_x, from_x, convert, score_from_energy, loss_weight
+from .diffusion.denoiser import Denoiser
 from .nets import GammaEmbedding, FourierFeatures, MLPBackbone, UNet, QuadraticEnergy
-from .oracle import GaussianOracle
-from .likelihoods import BernoulliLikelihood, Discretized8bitLikelihood, GaussianLikelihood, make_likelihood
-from .diffusion import DiffusionChain, gaussian_decoder
-from .elbo import DiffusionELBO
-from .timesteps import TimestepSampler
+from .diffusion.oracle import GaussianOracle
+from .programs.likelihoods import BernoulliLikelihood, Discretized8bitLikelihood, GaussianLikelihood, make_likelihood
+from .programs.chain import DiffusionChain, gaussian_decoder
+from .programs.elbo import DiffusionELBO
+from .diffusion.timesteps import TimestepSampler
 from . import optim  # hlvm.optim.Adam: one torch optimizer over all parameters, for SVI
-from . import render  # callable: hlvm.render(model, guide, *args) draws p and q side by side
-from .render import (render_module, check_mean_field, guide_direction, topological_order, pair_graphs,
+from .graph import (render, render_module, example_input, check_mean_field, guide_direction, topological_order, pair_graphs,
                      program_graph, GraphvizNotFoundError)
-from . import evaluate  # callable: hlvm.evaluate(model, data, ...) runs hlvm.evaluate.evaluate
-from .evaluate import (ParetoKWarning, per_example_log_weights, iwae_bound, pareto_khat, per_site_terms,
+from .eval.evaluate import (evaluate, ParetoKWarning, per_example_log_weights, iwae_bound, pareto_khat, per_site_terms,
                        active_units)
 
 __version__ = "0.1.0"
@@ -35,7 +33,7 @@ __all__ = [
     "Denoiser", "GammaEmbedding", "FourierFeatures", "MLPBackbone", "UNet", "QuadraticEnergy",
     "GaussianOracle", "BernoulliLikelihood", "Discretized8bitLikelihood", "GaussianLikelihood", "make_likelihood",
     "DiffusionChain", "gaussian_decoder", "DiffusionELBO", "TimestepSampler", "optim",
-    "render", "render_module", "check_mean_field", "guide_direction", "topological_order", "pair_graphs",
+    "render", "render_module", "example_input", "check_mean_field", "guide_direction", "topological_order", "pair_graphs",
     "program_graph", "GraphvizNotFoundError",
 ]
 __all__ += ["evaluate", "ParetoKWarning", "per_example_log_weights", "iwae_bound", "pareto_khat", "per_site_terms",

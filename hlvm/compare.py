@@ -18,9 +18,9 @@ from dataclasses import replace
 import torch
 
 from .data import load_dataset
-from .evaluate import ParetoKWarning, evaluate
+from .eval.evaluate import ParetoKWarning, evaluate
 from .train import TrainConfig, Trainer
-from .zoo import has_diffusion
+from .registry import has_diffusion
 
 __all__ = ["run_compare", "format_table"]
 
@@ -106,7 +106,7 @@ def run_compare(models: list[str], base: TrainConfig, out: str, K: int = 50, iwa
                     save_grid(pair, os.path.join(out, f"reconstructions_{tag}.png"), data.kind, nrow=16)
         if render:
             try:
-                from .render import render_module
+                from .graph import render_module
 
                 render_module(model, os.path.join(out, f"diagram_{tag}.png"))
             except Exception as e:  # rendering is optional in a report (e.g. no Graphviz)

@@ -14,8 +14,8 @@ import math
 import torch
 
 from .data import load_dataset
-from .gaussian import diffusion_kl, prior_kl
-from .schedules import CosineSchedule, LinearSchedule
+from .diffusion.gaussian import diffusion_kl, prior_kl
+from .diffusion.schedules import CosineSchedule, LinearSchedule
 
 
 def _oracle(mean, var):

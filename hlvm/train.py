@@ -31,7 +31,7 @@ from pyro.infer import SVI
 
 from . import optim as hlvm_optim
 from .data import DataSplit, load_dataset
-from .zoo import build_model, make_estimator
+from .registry import build_model, make_estimator
 
 __all__ = ["TrainConfig", "Trainer", "TrainingDiverged", "save_checkpoint", "load_checkpoint", "train"]
 

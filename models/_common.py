@@ -7,7 +7,7 @@ import math
 import pyro.distributions as dist
 import torch
 
-from hlvm.likelihoods import Likelihood, make_likelihood
+from hlvm.programs.likelihoods import Likelihood, make_likelihood
 
 
 def resolve_likelihood(likelihood, data_shape) -> Likelihood:

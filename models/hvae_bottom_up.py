@@ -19,7 +19,7 @@ import torch
 from pyro.nn import PyroModule, pyro_method
 from torch import nn
 
-from hlvm.layers import GaussianLayer, mlp
+from hlvm.programs.layers import GaussianLayer, mlp
 
 from ._common import batch_of, flat_dim, ref_tensor, resolve_likelihood, std_normal
 

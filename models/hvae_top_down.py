@@ -29,11 +29,11 @@ import torch.nn.functional as F
 from pyro.nn import PyroModule, pyro_method
 from torch import nn
 
-from hlvm.denoiser import Denoiser
-from hlvm.gaussian import q_zs_given_zt_x, q_zt_given_x
-from hlvm.layers import GaussianLayer, deterministic, mlp, precision_merge
+from hlvm.diffusion.denoiser import Denoiser
+from hlvm.diffusion.gaussian import q_zs_given_zt_x, q_zt_given_x
+from hlvm.programs.layers import GaussianLayer, deterministic, mlp, precision_merge
 from hlvm.nets import MLPBackbone
-from hlvm.schedules import NoiseSchedule, make_schedule
+from hlvm.diffusion.schedules import NoiseSchedule, make_schedule
 
 from ._common import batch_of, flat_dim, ref_tensor, resolve_likelihood, std_normal
 

@@ -14,7 +14,7 @@ import pyro.distributions as dist
 import torch
 from pyro.nn import PyroModule, pyro_method
 
-from hlvm.layers import GaussianLayer, mlp
+from hlvm.programs.layers import GaussianLayer, mlp
 
 from ._common import batch_of, flat_dim, ref_tensor, resolve_likelihood, std_normal
 

@@ -21,10 +21,10 @@ import torch
 from pyro.nn import PyroModule, pyro_method
 from torch import nn
 
-from hlvm.denoiser import Denoiser
-from hlvm.diffusion import DiffusionChain, active_analytic
+from hlvm.diffusion.denoiser import Denoiser
+from hlvm.programs.chain import DiffusionChain, active_analytic
 from hlvm.nets import MLPBackbone, UNet
-from hlvm.schedules import NoiseSchedule, make_schedule
+from hlvm.diffusion.schedules import NoiseSchedule, make_schedule
 
 from ._common import resolve_likelihood
 

@@ -68,7 +68,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 def user_hierarchy_class():
     """``LatentDiffusionVAE`` of examples/user_hierarchy.py, loaded as ``hlvm train FILE:CLASS`` loads it."""
-    from hlvm.zoo import load_class
+    from hlvm.registry import load_class
 
     return load_class(f"{ROOT / 'examples' / 'user_hierarchy.py'}:LatentDiffusionVAE")
 

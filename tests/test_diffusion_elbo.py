@@ -9,13 +9,13 @@ import torch
 from pyro.infer import Trace_ELBO
 from torch import nn
 
-from hlvm.denoiser import Denoiser
-from hlvm.diffusion import DiffusionChain
-from hlvm.elbo import DiffusionELBO
-from hlvm.gaussian import alpha_sigma, prior_kl
-from hlvm.likelihoods import GaussianLikelihood
-from hlvm.oracle import GaussianOracle
-from hlvm.schedules import CosineSchedule, LinearSchedule
+from hlvm.diffusion.denoiser import Denoiser
+from hlvm.programs.chain import DiffusionChain
+from hlvm.programs.elbo import DiffusionELBO
+from hlvm.diffusion.gaussian import alpha_sigma, prior_kl
+from hlvm.programs.likelihoods import GaussianLikelihood
+from hlvm.diffusion.oracle import GaussianOracle
+from hlvm.diffusion.schedules import CosineSchedule, LinearSchedule
 from models import VAE
 
 from conftest import tensor

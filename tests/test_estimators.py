@@ -32,8 +32,8 @@ from pyro.infer import Trace_ELBO, TraceMeanField_ELBO
 from torch.distributions import Bernoulli, Normal
 
 from hlvm.data import load_dataset
-from hlvm.elbo import DiffusionELBO
-from hlvm.timesteps import TimestepSampler
+from hlvm.programs.elbo import DiffusionELBO
+from hlvm.diffusion.timesteps import TimestepSampler
 from models import VAE, VDM, BottomUpHVAE, TopDownHVAE
 
 from conftest import DEVICE, user_hierarchy_class

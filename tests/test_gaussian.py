@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from hlvm.gaussian import (alpha_sigma, alpha_ts, diffusion_kl, diffusion_kl_eps, posterior_coefficients,
+from hlvm.diffusion.gaussian import (alpha_sigma, alpha_ts, diffusion_kl, diffusion_kl_eps, posterior_coefficients,
                            prior_kl, q_zs_given_zt_x, q_zt_given_x, q_zt_given_zs, sigma_sq_ts)
 
 from conftest import tensor

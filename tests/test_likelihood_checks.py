@@ -10,7 +10,7 @@ import pyro
 import pytest
 import torch
 
-from hlvm.likelihoods import BernoulliLikelihood, Discretized8bitLikelihood
+from hlvm.programs.likelihoods import BernoulliLikelihood, Discretized8bitLikelihood
 from models import VAE
 
 from conftest import DEVICE

@@ -10,11 +10,11 @@ import pytest
 import torch
 from torch import nn
 
-from hlvm.denoiser import Denoiser
+from hlvm.diffusion.denoiser import Denoiser
 from hlvm.nets import FourierFeatures, GammaEmbedding, MLPBackbone, QuadraticEnergy, UNet
-from hlvm.oracle import GaussianOracle
-from hlvm.parameterization import TARGETS, convert
-from hlvm.schedules import CosineSchedule
+from hlvm.diffusion.oracle import GaussianOracle
+from hlvm.diffusion.parameterization import TARGETS, convert
+from hlvm.diffusion.schedules import CosineSchedule
 
 F64 = torch.float64
 

@@ -5,8 +5,8 @@ import itertools
 import pytest
 import torch
 
-from hlvm.gaussian import alpha_sigma
-from hlvm.parameterization import TARGETS, convert, from_x, loss_weight, score_from_energy, to_x
+from hlvm.diffusion.gaussian import alpha_sigma
+from hlvm.diffusion.parameterization import TARGETS, convert, from_x, loss_weight, score_from_energy, to_x
 
 from conftest import tensor
 
@@ -26,7 +26,7 @@ def _setup(gamma=0.7, dgamma=12.0, shape=(6, 4)):
 
 def test_alpha_sigma_derivatives_match_autograd():
     """α' = −½γ'ασ², σ' = ½γ'σα² (used to define the flow target) against autograd on a schedule."""
-    from hlvm.schedules import CosineSchedule
+    from hlvm.diffusion.schedules import CosineSchedule
     sched = CosineSchedule().to(tensor(0.0).dtype)
     t = tensor(0.37).requires_grad_(True)
     a, s = sched.alpha(t), sched.sigma(t)
@@ -120,8 +120,8 @@ def test_bad_input():
 def test_binary_logit_is_the_exact_pixel_posterior_mean():
     """x̂ = tanh(αz/σ² + h) equals E[x | z_t] for x ∈ {−1, 1} with P(x = 1) = sigmoid(2h), computed
     independently from the two Gaussian likelihoods; and the Denoiser exposes it as x̂."""
-    from hlvm.denoiser import Denoiser
-    from hlvm.parameterization import x_from_binary_logit
+    from hlvm.diffusion.denoiser import Denoiser
+    from hlvm.diffusion.parameterization import x_from_binary_logit
 
     g = tensor([-4.0, 0.0, 3.0])[:, None].expand(3, 5)
     a, s = alpha_sigma(g)

@@ -12,8 +12,8 @@ import pytest
 import torch
 from hypothesis import example, given, settings, strategies as st
 
-from hlvm import gaussian
-from hlvm.parameterization import TARGETS, convert
+from hlvm.diffusion import gaussian
+from hlvm.diffusion.parameterization import TARGETS, convert
 
 SETTINGS = settings(max_examples=50, deadline=None)
 DTYPES = st.sampled_from([torch.float32, torch.float64])

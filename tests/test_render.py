@@ -25,7 +25,7 @@ from models import VAE, VDM, BottomUpHVAE, TopDownHVAE
 
 from conftest import ROOT, user_hierarchy_class
 
-R = importlib.import_module("hlvm.render")  # the module (``hlvm.render`` is also callable)
+R = importlib.import_module("hlvm.graph.render")
 LatentDiffusionVAE = user_hierarchy_class()
 
 D = 4  # data dimension of the small test models
@@ -165,7 +165,7 @@ def test_mean_field_accepts_a_module_or_programs():
     m = small("hvae-bu")
     assert R.check_mean_field(m).site == "z_1"
     assert R.check_mean_field(m.model, m.guide, R.example_input(m)).site == "z_1"
-    assert hlvm.render.check_mean_field(small("vdm")).ok
+    assert hlvm.check_mean_field(small("vdm")).ok
 
 
 @pytest.mark.parametrize("name, direction", [("vae", "top-down"), ("hvae-td", "top-down"), ("vdm", "top-down"),

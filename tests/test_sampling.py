@@ -21,11 +21,11 @@ import pyro
 import pytest
 import torch
 
-from hlvm.denoiser import Denoiser
-from hlvm.diffusion import DiffusionChain
-from hlvm.likelihoods import GaussianLikelihood
-from hlvm.oracle import GaussianOracle
-from hlvm.schedules import LinearSchedule
+from hlvm.diffusion.denoiser import Denoiser
+from hlvm.programs.chain import DiffusionChain
+from hlvm.programs.likelihoods import GaussianLikelihood
+from hlvm.diffusion.oracle import GaussianOracle
+from hlvm.diffusion.schedules import LinearSchedule
 from models import VAE, VDM, BottomUpHVAE, TopDownHVAE
 
 from conftest import DEVICE, tensor, user_hierarchy_class
@@ -181,7 +181,7 @@ def _assert_moments(x, mean, cov, extra_cov_tol=0.0, what=""):
 def test_exact_sampler_law_recursion_matches_hlvm_posterior():
     """The hand-written recursion and hlvm's q(z_s | z_t, x) agree on one step (guards the oracle
     law itself, so a mismatch below means the sampler, not this helper)."""
-    from hlvm.gaussian import q_zs_given_zt_x
+    from hlvm.diffusion.gaussian import q_zs_given_zt_x
 
     g_s, g_t = tensor(-1.0), tensor(0.5)
     z, x = tensor([[0.7, -1.2]]), tensor([[0.1, 0.4]])

@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from hlvm.schedules import (
+from hlvm.diffusion.schedules import (
     CosineSchedule,
     DDPMSchedule,
     LearnedLinearSchedule,

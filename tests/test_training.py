@@ -24,8 +24,8 @@ import torch
 from pyro.infer import SVI, Trace_ELBO, TraceMeanField_ELBO
 
 from hlvm.data import batches, load_dataset
-from hlvm.elbo import DiffusionELBO
-from hlvm.schedules import LearnedLinearSchedule
+from hlvm.programs.elbo import DiffusionELBO
+from hlvm.diffusion.schedules import LearnedLinearSchedule
 from models import VAE, VDM, BottomUpHVAE, TopDownHVAE
 
 from conftest import DEVICE, user_hierarchy_class

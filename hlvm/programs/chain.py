@@ -27,7 +27,7 @@ import pyro.distributions as dist
 import torch
 from torch import nn
 
-from .gaussian import alpha_sigma, prior_kl, q_zs_given_zt_x, q_zt_given_x
+from ..diffusion.gaussian import alpha_sigma, prior_kl, q_zs_given_zt_x, q_zt_given_x
 from .likelihoods import GaussianLikelihood, Likelihood
 
 __all__ = ["DiffusionChain", "analytic_context", "active_analytic", "gaussian_decoder"]

@@ -22,9 +22,9 @@ from __future__ import annotations
 import torch
 from pyro.infer import Trace_ELBO
 
-from .diffusion import analytic_context
-from .timesteps import TimestepSampler
-from .weighting import get_weighting, is_monotone
+from .chain import analytic_context
+from ..diffusion.timesteps import TimestepSampler
+from ..diffusion.weighting import get_weighting, is_monotone
 
 __all__ = ["DiffusionELBO"]
 

@@ -10,8 +10,8 @@ import sys
 
 from pyro.infer import Trace_ELBO, TraceMeanField_ELBO
 
-from .diffusion import DiffusionChain
-from .elbo import DiffusionELBO
+from .programs.chain import DiffusionChain
+from .programs.elbo import DiffusionELBO
 
 __all__ = ["load_class", "build_model", "default_estimator", "make_estimator", "has_diffusion", "ESTIMATORS"]
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from hlvm.commands.train import add_common, config_from
+from hlvm.cli.train import add_common, config_from
 
 DEFAULT_MODELS = "vae,hvae-bu,hvae-td,vdm"
 
@@ -23,7 +23,7 @@ def run(args):
     from hlvm.compare import run_compare
 
     models = [m.strip() for m in args.models.split(",") if m.strip()]
-    from hlvm.zoo import load_class
+    from hlvm.registry import load_class
 
     for m in models:
         load_class(m)  # unknown names fail before any training

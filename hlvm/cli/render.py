@@ -48,7 +48,7 @@ def register(sub):
 
 
 def run(args):
-    from hlvm.render import render_module
+    from hlvm.graph import render_module
 
     T = _steps(str(args.T))
     if args.layers < 1:

@@ -21,7 +21,7 @@ def register(sub):
 def load_trained(model: str, checkpoint: str, device: str = "cpu"):
     """Rebuild a model from a checkpoint's config and weights (EMA weights when present)."""
     from hlvm.train import load_checkpoint
-    from hlvm.zoo import build_model
+    from hlvm.registry import build_model
 
     ck = load_checkpoint(checkpoint, map_location=device)
     cfg = ck["config"]

@@ -29,9 +29,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, parser_class=Parser)
     for name in COMMANDS:
         try:
-            module = importlib.import_module(f"hlvm.commands.{name}")
+            module = importlib.import_module(f"hlvm.cli.{name}")
         except ModuleNotFoundError as e:
-            if e.name == f"hlvm.commands.{name}":
+            if e.name == f"hlvm.cli.{name}":
                 continue  # not written yet
             raise
         module.register(sub)

@@ -36,8 +36,6 @@ import inspect
 import re
 import shutil
 import subprocess
-import sys
-import types
 from collections import OrderedDict
 from pathlib import Path
 
@@ -50,7 +48,7 @@ from pyro.poutine.messenger import Messenger
 from pyro.poutine.util import site_is_subsample
 from torch import nn
 
-from .diffusion import DiffusionChain
+from ..programs.chain import DiffusionChain
 
 __all__ = [
     "render", "render_module", "to_graphviz", "example_input",
@@ -753,14 +751,3 @@ def write(g: graphviz.Digraph, filename, format: str | None = None, keep_source:
     if not keep_source:
         source.unlink()
     return path
-
-
-
-class _CallableModule(types.ModuleType):
-    """``hlvm.render(...)`` calls :func:`render`; the module's other names stay attributes."""
-
-    def __call__(self, *args, **kwargs):
-        return render(*args, **kwargs)
-
-
-sys.modules[__name__].__class__ = _CallableModule

@@ -30,8 +30,6 @@ Nothing here trains; everything runs under :func:`torch.no_grad` in :func:`evalu
 from __future__ import annotations
 
 import math
-import sys
-import types
 import warnings
 from contextlib import contextmanager, nullcontext
 
@@ -43,9 +41,9 @@ from pyro.distributions.util import scale_and_mask
 from pyro.poutine.util import site_is_subsample
 from torch import nn
 
-from .data import DataSplit
-from .diffusion import DiffusionChain, analytic_context
-from .elbo import DiffusionELBO
+from ..data import DataSplit
+from ..programs.chain import DiffusionChain, analytic_context
+from ..programs.elbo import DiffusionELBO
 
 __all__ = [
     "ParetoKWarning", "KHAT_THRESHOLD", "MIN_KHAT_SAMPLES", "per_example_log_weights", "iwae_bound",
@@ -556,14 +554,3 @@ def _evaluate(model, x, elbo, chain_mode, batch_size, K, iwae_batch, steps, au_t
         if khats:
             out.update(_finite_stats(torch.cat(khats)))
     return out
-
-
-class _CallableModule(types.ModuleType):
-    """``hlvm.evaluate(...)`` calls :func:`evaluate`; the module's other names stay attributes
-    (as :mod:`hlvm.render` does), so ``import hlvm.evaluate`` and ``hlvm.evaluate.pareto_khat`` work."""
-
-    def __call__(self, *args, **kwargs):
-        return evaluate(*args, **kwargs)
-
-
-sys.modules[__name__].__class__ = _CallableModule

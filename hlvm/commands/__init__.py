@@ -1,1 +1,0 @@
-"""Subcommands of the ``hlvm`` CLI, one module each (see :mod:`hlvm.cli`)."""
