@@ -23,7 +23,7 @@ import torch
 from pyro.nn import PyroModule, pyro_method
 
 from hlvm.diffusion.denoiser import Denoiser
-from hlvm.programs.chain import DiffusionChain, gaussian_decoder
+from hlvm.programs.chain import DiffusionChain, latent_likelihood
 from hlvm.programs.layers import GaussianLayer, mlp
 from hlvm.programs.likelihoods import BernoulliLikelihood
 from hlvm.nets import MLPBackbone
@@ -41,7 +41,7 @@ class LatentDiffusionVAE(PyroModule):
         self.encoder = GaussianLayer(d, latent_dim, hidden)
         self.decoder = mlp(latent_dim, d, hidden)
         denoiser = Denoiser(MLPBackbone((latent_dim,), width=128, depth=2, gamma_range=(-10.0, 6.0)), "eps")
-        self.prior = DiffusionChain(denoiser, LinearSchedule(-10.0, 6.0), gaussian_decoder((latent_dim,)), T=T, name="u")
+        self.prior = DiffusionChain(denoiser, LinearSchedule(-10.0, 6.0), latent_likelihood((latent_dim,)), T=T, name="u")
 
     @pyro_method
     def model(self, x=None, batch_size=None):

@@ -20,7 +20,8 @@ import torch
 from .data import load_dataset
 from .eval.evaluate import ParetoKWarning, evaluate
 from .train import TrainConfig, Trainer
-from .registry import has_diffusion
+from .programs.chain import chains_of
+from .programs.sample import draw
 
 __all__ = ["run_compare", "format_table"]
 
@@ -40,14 +41,6 @@ def format_table(rows: list[dict]) -> str:
             cells.append("–" if v is None or (isinstance(v, float) and math.isnan(v)) else fmt.format(v))
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
-
-
-def _reconstruct(model, x):
-    if hasattr(model, "reconstruct"):
-        return model.reconstruct(x)
-    if hasattr(model, "chain"):  # diffusion: noise to t = 0.3, then run the generative chain back
-        return model.chain.reconstruct(x, t=0.3)
-    return None
 
 
 def run_compare(models: list[str], base: TrainConfig, out: str, K: int = 50, iwae_examples: int = 100,
@@ -70,13 +63,14 @@ def run_compare(models: list[str], base: TrainConfig, out: str, K: int = 50, iwa
         trainer = Trainer(cfg, data)
         result = trainer.fit()
         model = trainer.model
+        continuous = any(c.T is None for c in chains_of(model))
         trainer.swap_ema()  # evaluate the EMA weights when EMA is on
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", ParetoKWarning)
             ev = evaluate(model, data.test[:eval_examples].to(trainer.device, trainer.dtype), elbo=trainer.estimator,
                           K=0, seed=base.seed)
             iw = (evaluate(model, data.test[:iwae_examples].to(trainer.device, trainer.dtype), elbo=trainer.estimator,
-                           K=K, seed=base.seed, steps=iwae_steps if has_diffusion(model) else None)
+                           K=K, seed=base.seed, steps=iwae_steps if continuous else None)
                   if K and iwae_examples else {})
         for w in caught:
             if issubclass(w.category, ParetoKWarning):
@@ -85,7 +79,7 @@ def run_compare(models: list[str], base: TrainConfig, out: str, K: int = 50, iwa
         row = {"model": name, "elbo": ev["elbo"], "bpd": ev["bpd"], "iwae": iw.get("iwae"), "iwae_bpd": iw.get("iwae_bpd"),
                "khat_max": iw.get("khat_max"), "khat_mean": iw.get("khat_mean"), "params": n_params,
                "sec_per_epoch": result["seconds_per_epoch"], "steps": result["steps"], "estimator": type(trainer.estimator).__name__,
-               "iwae_note": (f"{iwae_steps}-step discretization of the diffusion chain" if has_diffusion(model) and model_is_continuous(model) else None)}
+               "iwae_note": f"{iwae_steps}-step discretization of the diffusion chain" if continuous else None}
         rows.append(row)
         details[name] = {"evaluation": ev, "iwae": iw, "history": result["history"]}
         curves[name] = ([h["step"] for h in trainer.history], [h["test_elbo"] for h in trainer.history])
@@ -97,10 +91,10 @@ def run_compare(models: list[str], base: TrainConfig, out: str, K: int = 50, iwa
         if len(data.shape) == 3:
             with torch.no_grad():
                 torch.manual_seed(base.seed)
-                samples = model.sample(64)
+                samples = draw(model, 64)
                 save_grid(samples.reshape(64, *data.shape).cpu(), os.path.join(out, f"samples_{tag}.png"), data.kind)
                 x = data.test[:32].to(trainer.device, trainer.dtype)
-                rec = _reconstruct(model, x)
+                rec = model.reconstruct(x) if callable(getattr(model, "reconstruct", None)) else None
                 if rec is not None:
                     pair = torch.cat([x.cpu(), rec.reshape(x.shape).cpu()])  # originals, then reconstructions
                     save_grid(pair, os.path.join(out, f"reconstructions_{tag}.png"), data.kind, nrow=16)
@@ -133,7 +127,3 @@ def run_compare(models: list[str], base: TrainConfig, out: str, K: int = 50, iwa
     log("\n" + table)
     log(f"\nreport written to {out}/report.md")
     return {"rows": rows, "details": details}
-
-
-def model_is_continuous(model) -> bool:
-    return getattr(getattr(model, "chain", None), "T", 0) is None

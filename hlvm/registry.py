@@ -1,5 +1,12 @@
-"""Building models by name — zoo names or a user's ``path/to/file.py:ClassName`` — and choosing
-the estimator that fits each model's DAG."""
+"""Models by name: one registry for the CLI and the Python API, blind to any particular zoo.
+
+Names come from the ``hlvm.models`` entry-point group (``pyproject.toml``; hlvm's own zoo
+registers ``vae``, ``hvae-bu``, ``hvae-td`` and ``vdm`` there, and any installed package can add
+its own) and from :func:`register` at run time.  ``path/to/file.py:ClassName`` loads a user's
+hierarchy from a file.  A class's own constructor defaults are its defaults: :func:`build_model`
+passes only ``data_shape``, ``likelihood``, ``T`` and ``layers`` (where the class accepts them)
+and checks the result against the :class:`~hlvm.programs.contract.Hierarchy` contract.
+"""
 
 from __future__ import annotations
 
@@ -7,91 +14,105 @@ import importlib.util
 import inspect
 import os
 import sys
+import traceback
+from importlib.metadata import entry_points
 
-from pyro.infer import Trace_ELBO, TraceMeanField_ELBO
+from .programs.contract import check_hierarchy
 
-from .programs.chain import DiffusionChain
-from .programs.elbo import DiffusionELBO
+__all__ = ["ENTRY_POINT_GROUP", "register", "names", "load_class", "build_model"]
 
-__all__ = ["load_class", "build_model", "default_estimator", "make_estimator", "has_diffusion", "ESTIMATORS"]
+ENTRY_POINT_GROUP = "hlvm.models"
+_REGISTERED: dict = {}
 
-ESTIMATORS = ("auto", "trace", "meanfield", "diffusion")
+
+def register(name: str, cls=None):
+    """Register ``cls`` under ``name`` (usable as a decorator: ``@register("my-hvae")``)."""
+    def add(c):
+        _REGISTERED[name] = c
+        return c
+    return add if cls is None else add(cls)
+
+
+def _entry_points() -> dict:
+    return {ep.name: ep for ep in entry_points(group=ENTRY_POINT_GROUP)}
+
+
+def names() -> list[str]:
+    """Every registered model name, sorted."""
+    return sorted(set(_entry_points()) | set(_REGISTERED))
 
 
 def load_class(spec: str):
-    """A model class from a zoo name (``vae``, ``hvae-bu``, ``hvae-td``, ``vdm``) or ``file.py:ClassName``."""
-    from models import ZOO
+    """A hierarchy class from a registered name or ``path/to/file.py:ClassName``.
 
-    if spec in ZOO:
-        return ZOO[spec]
+    Raises:
+        ValueError: an unknown name, a missing file or class, or a file that fails to import
+            (naming the file and line).
+    """
+    if spec in _REGISTERED:
+        return _REGISTERED[spec]
+    eps = _entry_points()
+    if spec in eps:
+        return register(spec, eps[spec].load())
     if ":" not in spec:
-        raise ValueError(f"unknown model {spec!r}; expected one of {sorted(ZOO)} or path/to/file.py:ClassName")
+        raise ValueError(f"unknown model {spec!r}; expected one of {names()} or path/to/file.py:ClassName")
     path, _, name = spec.rpartition(":")
     if not os.path.isfile(path):
         raise ValueError(f"model file {path!r} does not exist")
-    mod_name = f"hlvm_user_{abs(hash(os.path.abspath(path)))}"
-    if mod_name not in sys.modules:
-        spec_ = importlib.util.spec_from_file_location(mod_name, path)
-        module = importlib.util.module_from_spec(spec_)
-        sys.modules[mod_name] = module
-        try:
-            spec_.loader.exec_module(module)
-        except Exception as e:  # a user's file that fails to import is bad input
-            del sys.modules[mod_name]
-            raise ValueError(f"could not import {path!r}: {type(e).__name__}: {e}") from None
-    cls = getattr(sys.modules[mod_name], name, None)
+    module = _import_file(path)
+    cls = getattr(module, name, None)
     if cls is None or not inspect.isclass(cls):
         raise ValueError(f"{path!r} defines no class {name!r}")
-    if not (hasattr(cls, "model") and hasattr(cls, "guide")):
-        raise ValueError(f"{name!r} in {path!r} needs model() and guide() methods")
+    for method in ("model", "guide"):
+        if not callable(getattr(cls, method, None)):
+            raise ValueError(f"{name!r} in {path!r} breaks the Hierarchy contract: it has no {method}(x) method")
     return cls
 
 
-def build_model(spec: str, data_shape, kind: str = "binary", T: int | None = None, layers: int | None = None, **kwargs):
-    """Instantiate ``spec`` for data of ``data_shape`` and representation ``kind``.
+def _import_file(path: str):
+    mod_name = f"hlvm_user_{abs(hash(os.path.abspath(path)))}"
+    if mod_name in sys.modules:
+        return sys.modules[mod_name]
+    spec = importlib.util.spec_from_file_location(mod_name, path)
+    if spec is None or spec.loader is None:
+        raise ValueError(f"cannot import {path!r} as Python")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[mod_name] = module
+    try:
+        spec.loader.exec_module(module)
+    except Exception as e:  # a user's file that fails to import is bad input: name file and line
+        del sys.modules[mod_name]
+        frames = [f for f in traceback.extract_tb(e.__traceback__) if os.path.abspath(f.filename) == os.path.abspath(path)]
+        if isinstance(e, SyntaxError) and e.lineno:
+            where = f"{path}:{e.lineno}"
+        else:
+            where = f"{path}:{frames[-1].lineno}" if frames else path
+        raise ValueError(f"could not import {where}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None
+    return module
 
-    Only the keyword arguments the class accepts are passed (``likelihood``, ``T``, ``layers``…),
-    so user classes with other signatures work as long as their defaults fit the data.
+
+def build_model(spec: str, data_shape=None, kind: str | None = "binary", T: int | None = None,
+                layers: int | None = None, strict: bool = True, **kwargs):
+    """Instantiate ``spec`` for data of ``data_shape`` and representation ``kind``, checked
+    against the Hierarchy contract.
+
+    Only the keyword arguments the class accepts are passed (``data_shape``, ``likelihood``,
+    ``T``, ``layers``, then ``kwargs``; None means "the class's default"), so user classes with
+    other signatures work as long as their defaults fit the data.  With ``strict``, asking for
+    ``T`` or ``layers`` of a class without them is an error (``hlvm render`` passes them loosely).
     """
     cls = load_class(spec)
     params = inspect.signature(cls.__init__).parameters
     accepts_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
-    candidates = {"data_shape": tuple(data_shape), "likelihood": kind, **kwargs}
-    if T is not None or "T" in params:
-        candidates["T"] = T
-    if layers is not None:
-        if "layers" not in params and not accepts_any:
-            raise ValueError(f"model {spec!r} has no 'layers' option")
-        candidates["layers"] = layers
-    if T is not None and "T" not in params and not accepts_any:
-        raise ValueError(f"model {spec!r} has no 'T' option")
-    chosen = {k: v for k, v in candidates.items() if k in params or accepts_any}
-    return cls(**chosen)
-
-
-def has_diffusion(model) -> bool:
-    return any(isinstance(m, DiffusionChain) for m in model.modules())
-
-
-def default_estimator(model, **kwargs):
-    """DiffusionELBO for models with a diffusion chain; TraceMeanField_ELBO for top-down guides
-    (exact analytic KLs); Trace_ELBO otherwise (bottom-up guides)."""
-    if has_diffusion(model):
-        return DiffusionELBO(**kwargs)
-    from models import TopDownHVAE, VAE
-
-    if isinstance(model, (VAE, TopDownHVAE)):
-        return TraceMeanField_ELBO(**kwargs)
-    return Trace_ELBO(**kwargs)
-
-
-def make_estimator(name: str, model, **kwargs):
-    if name not in ESTIMATORS:
-        raise ValueError(f"unknown estimator {name!r}; expected one of {list(ESTIMATORS)}")
-    if name == "auto":
-        return default_estimator(model, **kwargs)
-    if name == "diffusion":
-        if not has_diffusion(model):
-            raise ValueError("the diffusion estimator needs a model with a DiffusionChain")
-        return DiffusionELBO(**kwargs)
-    return {"trace": Trace_ELBO, "meanfield": TraceMeanField_ELBO}[name](**kwargs)
+    if strict:
+        for option, value in (("T", T), ("layers", layers)):
+            if value is not None and option not in params and not accepts_any:
+                raise ValueError(f"model {spec!r} has no {option!r} option")
+    candidates = {"data_shape": None if data_shape is None else tuple(data_shape), "likelihood": kind,
+                  "T": T, "layers": layers, **kwargs}
+    # T=None is meaningful (continuous time) for a class that takes T: always passed
+    chosen = {k: v for k, v in candidates.items()
+              if (k in params or accepts_any) and (v is not None or k == "T" or k in kwargs)}
+    model = cls(**chosen)
+    check_hierarchy(model, spec)
+    return model

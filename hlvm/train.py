@@ -1,7 +1,7 @@
 """Training with Pyro SVI: checkpoints, exact resume, EMA, mixed precision and data parallelism.
 
 One :class:`Trainer` runs ``pyro.infer.SVI`` on any model/guide pair with the estimator that fits
-its DAG (:func:`hlvm.zoo.default_estimator`).  Design points:
+its DAG (:func:`hlvm.estimators.default_estimator`).  Design points:
 
 * **Exact resume.** Every step's randomness is seeded from ``(seed, step, shard)`` and the data
   order comes from a saved generator, so a run resumed from a checkpoint reproduces the losses of
@@ -31,7 +31,9 @@ from pyro.infer import SVI
 
 from . import optim as hlvm_optim
 from .data import DataSplit, load_dataset
-from .registry import build_model, make_estimator
+from .eval import evaluate
+from .estimators import make_estimator
+from .registry import build_model
 
 __all__ = ["TrainConfig", "Trainer", "TrainingDiverged", "save_checkpoint", "load_checkpoint", "train"]
 
@@ -254,24 +256,17 @@ class Trainer:
         self.model.load_state_dict(self.ema)
         self.ema = live
 
-    @torch.no_grad()
     def evaluate_test(self, n: int | None = None, batch_size: int = 250) -> dict:
-        """Test ELBO (nats per example and bits/dim) on the first ``n`` test examples."""
+        """Test ELBO (nats per example and bits/dim) on the first ``n`` test examples, by
+        :func:`hlvm.evaluate` (EMA weights when EMA is on)."""
         n = min(n or self.cfg.eval_examples, self.data.test.shape[0])
         self.swap_ema()
-        self.model.eval()
         try:
-            total = 0.0
-            with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
-                torch.manual_seed(self.cfg.seed + 1)
-                for i in range(0, n, batch_size):
-                    x = self.data.test[i:min(i + batch_size, n)].to(self.device, self.dtype)
-                    total += self.estimator.loss(self.model.model, self.model.guide, x)
+            ev = evaluate(self.model, self.data.test[:n], elbo=self.estimator, batch_size=batch_size,
+                          seed=self.cfg.seed + 1, breakdown=False)
         finally:
-            self.model.train()
             self.swap_ema()
-        nats = -total / n
-        return {"elbo": nats, "bpd": -nats / (self.data.dim * math.log(2))}
+        return {"elbo": ev["elbo"], "bpd": ev["bpd"]}
 
     # -- checkpoints -----------------------------------------------------------------------
     def state(self) -> dict:

@@ -1,6 +1,6 @@
-"""The hlvm model zoo: one Pyro model/guide pair per file.
-
-``ZOO`` maps the CLI names to classes: ``vae``, ``hvae-bu``, ``hvae-td``, ``vdm``.
+"""The hlvm model zoo: one Pyro model/guide pair per file, each a Hierarchy (see
+:mod:`hlvm.programs.contract`).  The CLI names ``vae``, ``hvae-bu``, ``hvae-td`` and ``vdm`` are
+registered as ``hlvm.models`` entry points in ``pyproject.toml``.
 """
 
 from .vae import VAE
@@ -8,6 +8,4 @@ from .hvae_bottom_up import BottomUpHVAE
 from .hvae_top_down import TopDownHVAE
 from .vdm import VDM
 
-ZOO = {"vae": VAE, "hvae-bu": BottomUpHVAE, "hvae-td": TopDownHVAE, "vdm": VDM}
-
-__all__ = ["VAE", "BottomUpHVAE", "TopDownHVAE", "VDM", "ZOO"]
+__all__ = ["VAE", "BottomUpHVAE", "TopDownHVAE", "VDM"]

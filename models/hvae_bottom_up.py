@@ -5,7 +5,7 @@ Inference (bottom-up): q(z_1 | x) ∏_{l≥2} q(z_l | z_{l−1}).
 
 The guide runs in the *opposite* order of the model, so the model's parent of z_l (z_{l+1})
 is a guide descendant of z_l: ``TraceMeanField_ELBO``'s analytic KL is then not exact
-(see :func:`hlvm.render.check_mean_field`), and ``Trace_ELBO`` is the right estimator.
+(see :func:`hlvm.check_mean_field`), and ``Trace_ELBO`` is the right estimator.
 
 References: Rezende et al. 2014; Burda et al. 2016 (IWAE, two-layer bottom-up); De Sousa Ribeiro &
 Glocker 2024, Fig. 2 (left).
@@ -30,15 +30,18 @@ class BottomUpHVAE(PyroModule):
     """L stochastic layers, sites ``z_1`` (nearest x) … ``z_L`` and ``x``.
 
     Args:
-        latent_dims: sizes of z_1..z_L (a sequence), or an int used for every layer with ``layers``.
-        layers: L when ``latent_dims`` is an int.
+        latent_dims: sizes of z_1..z_L (a sequence), or an int used for every layer with ``layers``;
+            default (32, 16), or 16 per layer when ``layers`` is given.
+        layers: L when ``latent_dims`` is an int or the default.
     """
 
-    def __init__(self, data_shape=(1, 28, 28), likelihood="binary", latent_dims=(32, 16), layers: int | None = None,
+    def __init__(self, data_shape=(1, 28, 28), likelihood="binary", latent_dims=None, layers: int | None = None,
                  hidden: int = 256, depth: int = 1):
         super().__init__()
         self.data_shape = tuple(data_shape)
         self.likelihood = resolve_likelihood(likelihood, self.data_shape)
+        if latent_dims is None:
+            latent_dims = (32, 16) if layers is None else 16
         if isinstance(latent_dims, int):
             latent_dims = (latent_dims,) * (layers or 2)
         elif layers is not None and layers != len(latent_dims):
@@ -51,7 +54,7 @@ class BottomUpHVAE(PyroModule):
         dims = self.latent_dims
         self.decoder = mlp(dims[0], d * self.likelihood.decoder_channels, hidden, depth)
         # p(z_{l-1} | z_l) for l = 2..L, stored at index l-2
-        self.priors = nn.ModuleList(GaussianLayer(dims[l], dims[l - 1], hidden, depth) for l in range(1, self.L))
+        self.transitions = nn.ModuleList(GaussianLayer(dims[l], dims[l - 1], hidden, depth) for l in range(1, self.L))
         # q(z_1 | x), then q(z_l | z_{l-1})
         self.encoders = nn.ModuleList([GaussianLayer(d, dims[0], hidden, depth)] +
                                       [GaussianLayer(dims[l - 1], dims[l], hidden, depth) for l in range(1, self.L)])
@@ -62,11 +65,11 @@ class BottomUpHVAE(PyroModule):
         if x is not None:
             self.likelihood.check(x)
         ref = ref_tensor(self, x)
-        priors, decoder = self.priors, self.decoder  # one Pyro registration per run, outside the plate
+        transitions, decoder = self.transitions, self.decoder  # one Pyro registration per run, outside the plate
         with pyro.plate("data", b):
             z = pyro.sample(f"z_{self.L}", std_normal(b, self.latent_dims[-1], ref))
             for l in range(self.L, 1, -1):
-                loc, scale = priors[l - 2](z)
+                loc, scale = transitions[l - 2](z)
                 z = pyro.sample(f"z_{l - 1}", dist.Normal(loc, scale).to_event(1))
             px = self.likelihood.from_decoder(decoder(z))
             return pyro.sample("x", px, obs=None if x is None else self.likelihood.observe(x))
@@ -86,7 +89,7 @@ class BottomUpHVAE(PyroModule):
         ref = ref_tensor(self)
         z = torch.randn(n, self.latent_dims[-1], dtype=ref.dtype, device=ref.device)
         for l in range(self.L, 1, -1):
-            loc, scale = self.priors[l - 2](z)
+            loc, scale = self.transitions[l - 2](z)
             z = loc + scale * torch.randn_like(loc)
         d = self.likelihood.from_decoder(self.decoder(z))
         return self.likelihood.mean(d) if return_mean else d.sample()

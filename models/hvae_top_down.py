@@ -30,7 +30,7 @@ from pyro.nn import PyroModule, pyro_method
 from torch import nn
 
 from hlvm.diffusion.denoiser import Denoiser
-from hlvm.diffusion.gaussian import q_zs_given_zt_x, q_zt_given_x
+from hlvm.diffusion.gaussian import p_zs_given_zt, q_zs_given_zt_x, q_zt_given_x
 from hlvm.programs.layers import GaussianLayer, deterministic, mlp, precision_merge
 from hlvm.nets import MLPBackbone
 from hlvm.diffusion.schedules import NoiseSchedule, make_schedule
@@ -125,7 +125,7 @@ class TopDownHVAE(PyroModule):
 
             def p(z_next, l):
                 den = denoisers[0] if self.shared else denoisers[l - 1]
-                return q_zs_given_zt_x(z_next, den(z_next, g[l + 1]), g[l], g[l + 1])
+                return p_zs_given_zt(den, z_next, g[l], g[l + 1])
         elif self.shared:
             net = child("shared_transition")
 

@@ -7,7 +7,7 @@ discrete decoder (Bernoulli for binary data, a discretized Gaussian over 256 lev
 Inference: q(z_1 | x) ∏ q(z_s | z_t, x), the fixed Gaussian-diffusion posterior (parameters
 only where the schedule is learned).
 
-Sites: ``z_T`` … ``z_0`` and ``x`` (continuous time: ``trace_steps`` steps in the Pyro program;
+Sites: ``z_T`` (z_1) … ``z_0`` and ``x`` (continuous time: ``trace_steps`` steps in the Pyro program;
 :class:`hlvm.DiffusionELBO` evaluates the continuous-time L_∞ on the same model).
 
 References: Kingma, Salimans, Poole & Ho, *Variational Diffusion Models*, NeurIPS 2021;
@@ -22,7 +22,7 @@ from pyro.nn import PyroModule, pyro_method
 from torch import nn
 
 from hlvm.diffusion.denoiser import Denoiser
-from hlvm.programs.chain import DiffusionChain, active_analytic
+from hlvm.programs.chain import DiffusionChain, collapsed
 from hlvm.nets import MLPBackbone, UNet
 from hlvm.diffusion.schedules import NoiseSchedule, make_schedule
 
@@ -76,7 +76,7 @@ class VDM(PyroModule):
 
     @pyro_method
     def guide(self, x=None, batch_size=None):
-        if active_analytic() is not None:
+        if collapsed():
             # DiffusionELBO collapses the chain: q has no sites, and the model registers the parameters
             return None
         chain = self.chain
@@ -86,6 +86,10 @@ class VDM(PyroModule):
     def sample(self, n: int, steps: int | None = None, return_mean: bool = True, generator=None):
         """Ancestral samples with ``steps`` steps (default T, or 1000 in continuous time)."""
         return self.chain.sample(n, steps, generator=generator, return_mean=return_mean)
+
+    def reconstruct(self, x, t: float = 0.3):
+        """Noise x to level t, then denoise it back with the generative chain (mean of p(x | z_0))."""
+        return self.chain.reconstruct(x, t=t)
 
     def langevin_sample(self, n: int, steps: int = 100, corrector_steps: int = 1, snr: float = 0.16,
                         return_mean: bool = True, generator=None):

@@ -124,7 +124,7 @@ def _handwritten_elbo(m, x):
         h = z
     log_p = Normal(torch.zeros_like(zs[-1]), torch.ones_like(zs[-1])).log_prob(zs[-1]).sum(-1)
     for l in range(m.L - 1, 0, -1):  # p(z_l | z_{l+1}) with zs[l-1] = z_l
-        loc, scale = m.priors[l - 1](zs[l])
+        loc, scale = m.transitions[l - 1](zs[l])
         log_p = log_p + Normal(loc, scale).log_prob(zs[l - 1]).sum(-1)
     logits = m.decoder(zs[0]).reshape(x.shape)
     log_p = log_p + Bernoulli(logits=logits).log_prob(x).flatten(1).sum(-1)
@@ -170,10 +170,9 @@ def trace_chain_terms(model, x, chain, y_name):
 
 
 def diffusion_elbo_chain_terms(est, model, x, chain_name):
-    """The same three terms as DiffusionELBO reports them (``last_terms``) after one ``loss``."""
-    est.loss(model.model, model.guide, x)
-    t = est.last_terms[chain_name]
-    return torch.stack([t["reconstruction"].mean(), t["prior"].mean(), t["diffusion"].mean()])
+    """The same three terms as DiffusionELBO returns them with one trace (``bound_terms``)."""
+    t = est.bound_terms(model.model, model.guide, x)[chain_name]
+    return torch.stack([t.reconstruction.mean(), t.prior.mean(), t.diffusion.mean()])
 
 
 def mc_terms(fn, calls=40, seed=0):

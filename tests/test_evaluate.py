@@ -25,7 +25,7 @@ from torch import nn
 from hlvm.data import digits
 from hlvm.programs.chain import DiffusionChain
 from hlvm.programs.elbo import DiffusionELBO
-from hlvm.eval.evaluate import (ParetoKWarning, active_units, evaluate, iwae_bound, pareto_khat,
+from hlvm.eval import (ParetoKWarning, active_units, evaluate, iwae_bound, pareto_khat,
                            per_example_log_weights, per_site_terms)
 from hlvm.programs.likelihoods import GaussianLikelihood
 from models import VAE, VDM, BottomUpHVAE, TopDownHVAE
@@ -256,8 +256,7 @@ def test_stock_program_steps_override(digit_data):
     x = _test_x(digit_data, 4)
     vdm = VDM((1, 8, 8), "binary", T=None, width=16, depth=1, trace_steps=4).to(device=DEVICE, dtype=DTYPE)
     # inside a DiffusionELBO context the weights still come from the stock (uncollapsed) program
-    from hlvm.programs.chain import analytic_context
-    with analytic_context(DiffusionELBO()):
+    with DiffusionELBO().collapse():
         lw = per_example_log_weights(vdm, None, x, K=3, steps=2)
     assert lw.shape == (3, 4) and torch.isfinite(lw).all()
     assert vdm.chain.trace_steps == 4  # restored

@@ -12,7 +12,6 @@ from pyro.infer import SVI, Trace_ELBO, TraceMeanField_ELBO
 from pyro.poutine.messenger import Messenger
 
 import hlvm
-from hlvm.programs.chain import analytic_context
 from models import VAE, VDM, BottomUpHVAE, TopDownHVAE
 
 from conftest import DEVICE
@@ -151,7 +150,7 @@ def test_collapsed_vdm_guide_registers_nothing():
     m = VDM(SHAPE, T=None, width=8, depth=1).to(DEVICE)
     x = _data(4)
     estimator = hlvm.DiffusionELBO()
-    with analytic_context(estimator):
+    with estimator.collapse():
         assert _count(m.guide, x) == []
         names = _count(m.model, x)
     assert len(names) == len(set(names)) == len(list(m.parameters()))

@@ -4,20 +4,14 @@
     hlvm render all --out docs --format png            # the README's four diagrams (make render)
     hlvm render examples/user_hierarchy.py:LatentDiffusionVAE --T 4
 
-See :mod:`hlvm.render` (De Sousa Ribeiro & Glocker, Figures 2 and 5).
+See :mod:`hlvm.graph` (De Sousa Ribeiro & Glocker, Figures 2 and 5).
 """
 
 from __future__ import annotations
 
-import importlib.util
-import inspect
-import sys
 from pathlib import Path
 
-__all__ = ["register", "run", "build_model", "ZOO_NAMES"]
-
-#: the zoo's CLI names (models.ZOO), rendered in this order by ``hlvm render all``
-ZOO_NAMES = ("vae", "hvae-bu", "hvae-td", "vdm")
+__all__ = ["register", "run"]
 
 
 def _steps(text: str):
@@ -49,53 +43,17 @@ def register(sub):
 
 def run(args):
     from hlvm.graph import render_module
+    from hlvm.registry import build_model, names
 
     T = _steps(str(args.T))
     if args.layers < 1:
         raise ValueError(f"--layers must be >= 1, got {args.layers}")
-    names = ZOO_NAMES if args.model == "all" else (args.model,)
-    for name in names:
-        module, stem = build_model(name, T=T, layers=args.layers)
+    specs = names() if args.model == "all" else (args.model,)
+    for spec in specs:
+        module = build_model(spec, kind=None, T=T, layers=args.layers, strict=False)
+        stem = type(module).__name__ if ":" in spec else spec
         ext = "dot" if args.format == "dot" else args.format
         path = Path(args.out) / f"{stem}.{ext}"
         render_module(module, filename=path, format=args.format, distributions=args.distributions,
                       compact=not args.full)
         print(path)
-
-
-def build_model(name: str, T=4, layers: int = 3):
-    """The module to render and its file stem, for a zoo name or ``path/to/file.py:ClassName``."""
-    from models import ZOO
-
-    if name in ZOO:
-        kwargs = {"vdm": {"T": T}, "hvae-bu": {"latent_dims": 16, "layers": layers},
-                  "hvae-td": {"layers": layers}}.get(name, {})
-        return ZOO[name](**kwargs), name
-    if ":" not in name:
-        raise ValueError(f"unknown model {name!r}; expected one of {sorted(ZOO)}, 'all' or path/to/file.py:ClassName")
-    cls = _load_class(name)
-    wanted = {"T": T, "layers": layers}
-    try:
-        params = inspect.signature(cls).parameters
-    except (TypeError, ValueError):
-        params = {}
-    module = cls(**{k: v for k, v in wanted.items() if k in params})
-    return module, cls.__name__
-
-
-def _load_class(spec: str):
-    path_text, _, cls_name = spec.rpartition(":")
-    path = Path(path_text)
-    if not path.is_file():
-        raise FileNotFoundError(f"no such file: {path}")
-    mod_name = f"_hlvm_user_{path.stem}"
-    loader = importlib.util.spec_from_file_location(mod_name, path)
-    if loader is None or loader.loader is None:
-        raise ValueError(f"cannot import {path} as Python")
-    module = importlib.util.module_from_spec(loader)
-    sys.modules[mod_name] = module
-    loader.loader.exec_module(module)
-    cls = getattr(module, cls_name, None)
-    if cls is None:
-        raise ValueError(f"{path} defines no {cls_name!r}")
-    return cls

@@ -38,6 +38,8 @@ def run(args):
     import torch
 
     from hlvm.plots import save_grid
+    from hlvm.programs.chain import chains_of
+    from hlvm.programs.sample import draw
 
     if args.n < 1:
         raise ValueError(f"--n must be >= 1, got {args.n}")
@@ -48,12 +50,10 @@ def run(args):
             if not hasattr(m, "langevin_sample"):
                 raise ValueError(f"{args.model} has no score to run Langevin dynamics with")
             x = m.langevin_sample(args.n, steps=args.steps or 100)
-        elif args.steps is not None:
-            if not hasattr(m, "chain"):
-                raise ValueError("--steps applies to diffusion models only")
-            x = m.sample(args.n, steps=args.steps)
         else:
-            x = m.sample(args.n)
+            if args.steps is not None and not chains_of(m):
+                raise ValueError("--steps applies to models with a diffusion chain only")
+            x = draw(m, args.n, steps=args.steps)
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     save_grid(x.reshape(args.n, *ck["data"]["shape"]), args.out, ck["data"]["kind"])
     print(f"wrote {args.out} ({args.n} samples)")

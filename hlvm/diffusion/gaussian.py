@@ -41,6 +41,9 @@ __all__ = [
     "diffusion_kl_eps",
     "prior_kl",
     "check_levels",
+    "pad_gamma",
+    "batch_gamma",
+    "p_zs_given_zt",
 ]
 
 
@@ -102,17 +105,29 @@ def _check_shapes(**tensors) -> None:
         raise ValueError(f"shapes do not broadcast: {shapes}") from None
 
 
-def _pad(gamma: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    """Append singleton dims so a per-example γ of shape (B,) broadcasts against (B, ...)."""
+def pad_gamma(gamma, like: torch.Tensor) -> torch.Tensor:
+    """γ as a tensor that broadcasts against ``like`` of shape (B, ...): a scalar stays a scalar,
+    a per-example (B,) becomes (B, 1, …, 1).  The one place where levels are broadcast."""
     gamma = torch.as_tensor(gamma, dtype=like.dtype, device=like.device)
     if gamma.dim() == 0 or gamma.dim() >= like.dim():
         return gamma
     return gamma.reshape(gamma.shape + (1,) * (like.dim() - gamma.dim()))  # (B,) -> (B, 1, ..., 1)
 
 
+def batch_gamma(gamma, like: torch.Tensor) -> torch.Tensor:
+    """γ as one level per example, shape (B,), for networks fed (z_t, γ_t); a scalar is expanded."""
+    gamma = torch.as_tensor(gamma, dtype=like.dtype, device=like.device)
+    if gamma.dim() == 0:
+        gamma = gamma.expand(like.shape[0])
+    if gamma.shape != like.shape[:1]:
+        raise ValueError(f"gamma_t must be a scalar or of shape (batch,) = {tuple(like.shape[:1])}, "
+                         f"got {tuple(gamma.shape)}")
+    return gamma
+
+
 def q_zt_given_x(x: torch.Tensor, gamma_t: torch.Tensor) -> dist.Normal:
     """The forward marginal q(z_t | x) = N(α_t x, σ_t² I), elementwise (no event dims)."""
-    g = _pad(gamma_t, x)
+    g = pad_gamma(gamma_t, x)
     _check_shapes(x=x, gamma_t=g)
     alpha, sigma = alpha_sigma(g)
     return dist.Normal(alpha * x, sigma.expand_as(alpha * x))
@@ -120,7 +135,7 @@ def q_zt_given_x(x: torch.Tensor, gamma_t: torch.Tensor) -> dist.Normal:
 
 def q_zt_given_zs(z_s: torch.Tensor, gamma_s: torch.Tensor, gamma_t: torch.Tensor) -> dist.Normal:
     """The forward transition q(z_t | z_s) = N(α_{t|s} z_s, σ²_{t|s} I)."""
-    gs, gt = _pad(gamma_s, z_s), _pad(gamma_t, z_s)
+    gs, gt = pad_gamma(gamma_s, z_s), pad_gamma(gamma_t, z_s)
     _check_shapes(z_s=z_s, gamma_s=gs, gamma_t=gt)
     check_levels(gs, gt)
     loc = alpha_ts(gs, gt) * z_s
@@ -133,12 +148,22 @@ def q_zs_given_zt_x(z_t: torch.Tensor, x: torch.Tensor, gamma_s: torch.Tensor,
 
     With x replaced by x̂θ(z_t; t) this is the generative transition p(z_s | z_t).
     """
-    gs, gt = _pad(gamma_s, z_t), _pad(gamma_t, z_t)
+    gs, gt = pad_gamma(gamma_s, z_t), pad_gamma(gamma_t, z_t)
     _check_shapes(z_t=z_t, x=x, gamma_s=gs, gamma_t=gt)
     check_levels(gs, gt)
     c_z, c_x, var = posterior_coefficients(gs, gt)
     loc = c_z * z_t + c_x * x
     return dist.Normal(loc, var.sqrt().expand_as(loc))
+
+
+def p_zs_given_zt(denoiser, z_t: torch.Tensor, gamma_s: torch.Tensor, gamma_t: torch.Tensor) -> dist.Normal:
+    """The generative transition p(z_s | z_t) = q(z_s | z_t, x = x̂θ(z_t; γ_t)), s < t.
+
+    The one definition shared by every diffusion chain, the top-down HVAE's denoiser transitions
+    and all samplers (De Sousa Ribeiro & Glocker, eq. 31; Kingma et al. 2021, eq. 27).
+    ``denoiser(z_t, γ_t)`` returns x̂θ; γ's are scalars or per-example (B,).
+    """
+    return q_zs_given_zt_x(z_t, denoiser(z_t, gamma_t), gamma_s, gamma_t)
 
 
 def _sum_per_example(v: torch.Tensor, event_dims: int | None) -> torch.Tensor:
@@ -155,7 +180,7 @@ def diffusion_kl(x: torch.Tensor, x_hat: torch.Tensor, gamma_s: torch.Tensor, ga
     (default: all but the first).
     """
     _check_shapes(x=x, x_hat=x_hat)
-    gs, gt = _pad(gamma_s, x), _pad(gamma_t, x)
+    gs, gt = pad_gamma(gamma_s, x), pad_gamma(gamma_t, x)
     w = torch.exp(-gs) * -torch.expm1(gs - gt)
     return _sum_per_example(0.5 * w * (x - x_hat) ** 2, event_dims)
 
@@ -164,7 +189,7 @@ def diffusion_kl_eps(eps: torch.Tensor, eps_hat: torch.Tensor, gamma_s: torch.Te
                      gamma_t: torch.Tensor, event_dims: int | None = None) -> torch.Tensor:
     """The same KL in noise space: ½ expm1(γ_t − γ_s) ‖ε − ε̂‖² (VDM eq. 13), per example."""
     _check_shapes(eps=eps, eps_hat=eps_hat)
-    gs, gt = _pad(gamma_s, eps), _pad(gamma_t, eps)
+    gs, gt = pad_gamma(gamma_s, eps), pad_gamma(gamma_t, eps)
     return _sum_per_example(0.5 * torch.expm1(gt - gs) * (eps - eps_hat) ** 2, event_dims)
 
 
@@ -173,6 +198,6 @@ def prior_kl(x: torch.Tensor, gamma_1: torch.Tensor, event_dims: int | None = No
 
     Per dimension ½(σ² + α² x² − 1 − log σ²) = ½(α² (x² − 1) − log sigmoid(γ_1)), using 1 − σ² = α².
     """
-    g = _pad(gamma_1, x)
+    g = pad_gamma(gamma_1, x)
     a2 = torch.sigmoid(-g)
     return _sum_per_example(0.5 * (a2 * (x**2 - 1) - F.logsigmoid(g)), event_dims)

@@ -14,17 +14,20 @@ from __future__ import annotations
 import math
 
 import torch
-from torch import nn
 
-from .gaussian import alpha_sigma, _pad
+from .denoiser import XPredictor
+from .gaussian import alpha_sigma, pad_gamma
+from .parameterization import TARGETS, check_target, convert
 
 __all__ = ["GaussianOracle"]
 
 
-class GaussianOracle(nn.Module):
+class GaussianOracle(XPredictor):
     """x̂(z_t; γ_t) = E[x | z_t] for x ∼ N(mean, cov) over flat data of shape (B, D).
 
-    Usable wherever a :class:`~hlvm.denoiser.Denoiser` is (same call signature, returns x̂).
+    An :class:`~hlvm.diffusion.denoiser.XPredictor`: it stands in wherever a
+    :class:`~hlvm.diffusion.denoiser.Denoiser` does — as a :class:`~hlvm.DiffusionChain`'s
+    denoiser, in the bound and in every sampler — so exact tests run through the same code.
     """
 
     def __init__(self, mean: torch.Tensor, cov: torch.Tensor):
@@ -41,8 +44,13 @@ class GaussianOracle(nn.Module):
         self.register_buffer("lam", lam)
         self.register_buffer("u", u)
 
-    def forward(self, z_t, gamma_t, dgamma_dt=None):
-        g = _pad(torch.as_tensor(gamma_t, dtype=z_t.dtype, device=z_t.device), z_t)
+    def predict(self, z_t, gamma_t, target: str = "x", dgamma_dt=None):
+        check_target(target, TARGETS)
+        return convert(self.posterior_mean(z_t, gamma_t), "x", target, z_t, gamma_t, dgamma_dt)
+
+    def posterior_mean(self, z_t, gamma_t):
+        """E[x | z_t] in closed form (module docstring)."""
+        g = pad_gamma(gamma_t, z_t)
         alpha, sigma = alpha_sigma(g)  # (B, 1) or ()
         mu, lam, u = self.mean.to(z_t), self.lam.to(z_t), self.u.to(z_t)
         r = (z_t - alpha * mu) @ u  # (B, D) in the eigenbasis

@@ -39,7 +39,7 @@ from typing import Callable
 
 import torch
 
-from .gaussian import alpha_sigma, _pad
+from .gaussian import alpha_sigma, pad_gamma
 
 __all__ = ["TARGETS", "SOURCES", "to_x", "from_x", "convert", "score_from_energy", "loss_weight",
            "check_target", "x_from_binary_logit"]
@@ -68,7 +68,7 @@ def to_x(pred: torch.Tensor, kind: str, z_t: torch.Tensor, gamma_t: torch.Tensor
     check_target(kind)
     if pred.shape != z_t.shape:
         raise ValueError(f"prediction shape {tuple(pred.shape)} does not match z_t shape {tuple(z_t.shape)}")
-    g = _pad(gamma_t, z_t)
+    g = pad_gamma(gamma_t, z_t)
     alpha, sigma = alpha_sigma(g)
     if kind == "x":
         return pred
@@ -78,7 +78,7 @@ def to_x(pred: torch.Tensor, kind: str, z_t: torch.Tensor, gamma_t: torch.Tensor
         return (z_t + sigma**2 * pred) / alpha
     if kind == "v":
         return alpha * z_t - sigma * pred
-    dg = _pad(_need_dgamma(dgamma_dt, "convert from flow"), z_t)
+    dg = pad_gamma(_need_dgamma(dgamma_dt, "convert from flow"), z_t)
     return alpha * z_t - 2 * pred / (alpha * dg)  # kind == "flow"
 
 
@@ -88,7 +88,7 @@ def from_x(x_hat: torch.Tensor, kind: str, z_t: torch.Tensor, gamma_t: torch.Ten
     check_target(kind)
     if x_hat.shape != z_t.shape:
         raise ValueError(f"x_hat shape {tuple(x_hat.shape)} does not match z_t shape {tuple(z_t.shape)}")
-    g = _pad(gamma_t, z_t)
+    g = pad_gamma(gamma_t, z_t)
     alpha, sigma = alpha_sigma(g)
     if kind == "x":
         return x_hat
@@ -100,7 +100,7 @@ def from_x(x_hat: torch.Tensor, kind: str, z_t: torch.Tensor, gamma_t: torch.Ten
     v_hat = alpha * eps_hat - sigma * x_hat
     if kind == "v":
         return v_hat
-    dg = _pad(_need_dgamma(dgamma_dt, "convert to flow"), z_t)
+    dg = pad_gamma(_need_dgamma(dgamma_dt, "convert to flow"), z_t)
     return 0.5 * dg * alpha * sigma * v_hat  # kind == "flow"
 
 
@@ -118,7 +118,7 @@ def x_from_binary_logit(h: torch.Tensor, z_t: torch.Tensor, gamma_t: torch.Tenso
     """x̂ = E[x | z_t] = tanh(α z/σ² + h) for x ∈ {−1, 1} with prior logit 2h (see module docstring)."""
     if h.shape != z_t.shape:
         raise ValueError(f"prediction shape {tuple(h.shape)} does not match z_t shape {tuple(z_t.shape)}")
-    g = _pad(gamma_t, z_t)
+    g = pad_gamma(gamma_t, z_t)
     # α/σ² = sqrt(sigmoid(−γ)) / sigmoid(γ)
     return torch.tanh(z_t * torch.sigmoid(-g).sqrt() / torch.sigmoid(g) + h)
 

@@ -1,2 +1,10 @@
 """Evaluation of any hierarchy: importance weights and IWAE, PSIS k̂, active units, and the one
 evaluation loop behind ``hlvm.evaluate``, ``hlvm compare`` and the Trainer."""
+
+from .active import ActiveUnits, active_units
+from .evaluate import evaluate
+from .psis import KHAT_THRESHOLD, MIN_KHAT_SAMPLES, ParetoKWarning, khat_summary, pareto_khat
+from .weights import iwae_bound, per_example_log_weights, per_site_terms
+
+__all__ = ["evaluate", "per_site_terms", "per_example_log_weights", "iwae_bound", "pareto_khat", "khat_summary",
+           "ParetoKWarning", "KHAT_THRESHOLD", "MIN_KHAT_SAMPLES", "active_units", "ActiveUnits"]

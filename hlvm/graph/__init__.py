@@ -1,9 +1,10 @@
 """A Pyro program as a graph: extraction (trace → networkx), checks on the DAG, drawing."""
 
-from .render import (FORMATS, COMPACT_MIN_STEPS, GraphvizNotFoundError, MeanFieldCheck, check_mean_field,
-                     compact_graph, example_input, guide_direction, module_relations, network_modules, pair_graphs,
-                     plate_membership, program_graph, relations, render, render_module, to_graphviz,
-                     topological_order, write)
+from .checks import MeanFieldCheck, check_mean_field, guide_direction
+from .compact import COMPACT_MIN_STEPS, compact_graph
+from .draw import FORMATS, GraphvizNotFoundError, render, render_module, to_graphviz, write
+from .extract import (example_input, module_relations, network_modules, pair_graphs, plate_membership, program_graph,
+                      relations, topological_order)
 
 __all__ = [
     "render", "render_module", "to_graphviz", "example_input", "write", "GraphvizNotFoundError", "FORMATS",

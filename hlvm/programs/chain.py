@@ -1,84 +1,102 @@
 """A Gaussian diffusion as a Pyro sub-program: the building block of every diffusion hierarchy.
 
 :class:`DiffusionChain` writes the directed graphical model of a (discrete- or continuous-time)
-variational diffusion over a variable y — observed data or a latent of a user's hierarchy:
+variational diffusion over a variable y — observed data or a latent of a user's hierarchy.  In the
+paper's notation, with t ∈ [0, 1] and steps t(i) = i/T:
 
-* model:  z_T ∼ N(0, I),  z_{i−1} ∼ p(z_{i−1} | z_i) = q(z_{i−1} | z_i, x = x̂θ(z_i; γ_i)),  y ∼ p(y | z_0)
-* guide:  z_T ∼ q(z_1 | y),  z_{i−1} ∼ q(z_{i−1} | z_i, y)   (the fixed top-down forward posterior)
+* model:  z_1 ∼ N(0, I),  z_s ∼ p(z_s | z_t) = q(z_s | z_t, x = x̂θ(z_t; γ_t)),  y ∼ p(y | z_0)
+* guide:  z_1 ∼ q(z_1 | y),  z_s ∼ q(z_s | z_t, y)   (the fixed top-down forward posterior)
 
-with ONE shared denoiser x̂θ for all levels (De Sousa Ribeiro & Glocker, §2.4 and Fig. 5).
+with ONE shared denoiser x̂θ for all levels (De Sousa Ribeiro & Glocker, §2.4 and Fig. 5).  The
+latent at t = i/T is the site ``{name}_{i}``: ``z_T`` is z_1 (pure noise) and ``z_0`` is z_0.
+
 Under stock Pyro ELBOs (``Trace_ELBO``, ``TraceMeanField_ELBO``) these are ordinary sample sites.
-Under :class:`hlvm.DiffusionELBO` the chain *collapses*: its T latent sites vanish and one
-``pyro.factor`` adds the analytic bound
-
-    log p(y) ≥ E_q[log p(y | z_0)] − KL(q(z_1|y) ‖ N(0, I)) − L_T(y)
-
-(Kingma et al. 2021, eqs. 11–17), estimated with one batched denoiser call whatever T is.
+Under :class:`hlvm.DiffusionELBO` the chain *collapses*: its T latent sites vanish and one factor
+site ``{name}_bound`` adds −L(y) of :func:`hlvm.diffusion.bound.diffusion_bound`; the per-example
+terms travel with that site (``site["infer"]["bound_terms"]``, read by :func:`bound_terms`).  The
+collapse is an effect: the chain asks through the Pyro stack whether a handler collapses it
+(:class:`hlvm.programs.elbo.CollapseChains`), as Pyro's own primitives ask about plates.
 """
 
 from __future__ import annotations
 
-import contextvars
 import itertools
 from contextlib import contextmanager
 
 import pyro
 import pyro.distributions as dist
 import torch
+from pyro.poutine.messenger import Messenger
+from pyro.poutine.runtime import effectful
 from torch import nn
 
-from ..diffusion.gaussian import alpha_sigma, prior_kl, q_zs_given_zt_x, q_zt_given_x
+from ..diffusion import sampling
+from ..diffusion.bound import BoundTerms
+from ..diffusion.gaussian import p_zs_given_zt, q_zs_given_zt_x, q_zt_given_x
 from .likelihoods import GaussianLikelihood, Likelihood
 
-__all__ = ["DiffusionChain", "analytic_context", "active_analytic", "gaussian_decoder"]
-
-_ACTIVE: contextvars.ContextVar = contextvars.ContextVar("hlvm_analytic_diffusion", default=None)
+__all__ = ["DiffusionChain", "collapsed", "StockChains", "bound_terms", "chains_of", "override_steps", "latent_likelihood"]
 
 
-@contextmanager
-def analytic_context(estimator):
-    """While active, every :class:`DiffusionChain` collapses into ``estimator``'s analytic bound."""
-    token = _ACTIVE.set(estimator)
-    try:
-        yield estimator
-    finally:
-        _ACTIVE.reset(token)
+# -- the two effects a chain raises; DiffusionELBO's CollapseChains handles them ------------------
+def _not_collapsed() -> bool:
+    return False
 
 
-def active_analytic():
-    """The estimator collapsing diffusion chains right now, or None."""
-    return _ACTIVE.get()
+def _no_bound(chain, y):
+    return None
+
+
+#: True inside a handler that collapses chains (a guide then samples nothing for them)
+collapsed = effectful(_not_collapsed, type="hlvm_collapsed")
+#: the chain's BoundTerms computed by the collapsing handler, or None when not collapsed
+_bound = effectful(_no_bound, type="hlvm_diffusion_bound")
+
+
+class StockChains(Messenger):
+    """Effect handler under which chains stay stock sample sites, even inside a collapsing one."""
+
+    def _pyro_hlvm_collapsed(self, msg):
+        msg["value"], msg["done"], msg["stop"] = False, True, True
+
+    def _pyro_hlvm_diffusion_bound(self, msg):
+        msg["value"], msg["done"], msg["stop"] = None, True, True
+
+
+def bound_terms(trace) -> dict[str, BoundTerms]:
+    """{chain name: BoundTerms} of every collapsed chain in a model trace."""
+    return {site["name"].removesuffix("_bound"): site["infer"]["bound_terms"]
+            for site in trace.nodes.values() if site["type"] == "sample" and "bound_terms" in site["infer"]}
 
 
 class DiffusionChain(nn.Module):
-    """A variational diffusion over ``decoder``'s variable, usable inside any Pyro model/guide.
+    """A variational diffusion over ``likelihood``'s variable, usable inside any Pyro model/guide.
 
     Args:
-        denoiser: the shared x̂θ(z_t; γ_t) (a :class:`~hlvm.denoiser.Denoiser` or anything with
-            ``eps_hat(z, γ, dγ)``/``__call__(z, γ)``).
-        schedule: a :class:`~hlvm.schedules.NoiseSchedule`.
-        decoder: a :class:`~hlvm.likelihoods.Likelihood` giving p(y | z_0) via ``from_z0``.
+        denoiser: the shared x̂θ(z_t; γ_t), an :class:`~hlvm.diffusion.denoiser.XPredictor`
+            (a :class:`~hlvm.Denoiser`, or :class:`~hlvm.GaussianOracle` for exact tests).
+        schedule: a :class:`~hlvm.diffusion.schedules.NoiseSchedule`.
+        likelihood: a :class:`~hlvm.programs.likelihoods.Likelihood` giving p(y | z_0) via ``from_z0``.
         T: number of discrete steps, or None for continuous time.
-        name: prefix of the latent sites (``{name}_{i}``, i = T..0).
+        name: prefix of the latent sites (``{name}_{i}`` at t = i/T, i = T..0).
         trace_steps: for continuous time, the number of steps the *Pyro program* uses under
-            stock ELBOs and for rendering (the continuous model admits any discretization).
+            stock ELBOs, for rendering and for sampling the program forward.
 
     .. warning:: In continuous time the stock-Pyro program is the ``trace_steps``-step
         discretization of the same model: a valid but looser ELBO than the continuous L_∞
         that :class:`~hlvm.DiffusionELBO` estimates.
     """
 
-    def __init__(self, denoiser: nn.Module, schedule: nn.Module, decoder: Likelihood, T: int | None = None,
+    def __init__(self, denoiser: nn.Module, schedule: nn.Module, likelihood: Likelihood, T: int | None = None,
                  name: str = "z", trace_steps: int = 4):
         super().__init__()
         if T is not None and (not isinstance(T, int) or T < 1):
             raise ValueError(f"T must be a positive integer or None (continuous time), got {T!r}")
         if trace_steps < 1:
             raise ValueError(f"trace_steps must be >= 1, got {trace_steps}")
-        self.denoiser, self.schedule, self.decoder = denoiser, schedule, decoder
+        self.denoiser, self.schedule, self.likelihood = denoiser, schedule, likelihood
         self.T, self.name, self.trace_steps = T, name, trace_steps
 
-    # ----------------------------------------------------------------- helpers
     @property
     def steps(self) -> int:
         """Steps of the Pyro program: T, or ``trace_steps`` in continuous time."""
@@ -86,185 +104,115 @@ class DiffusionChain(nn.Module):
 
     @property
     def event_shape(self):
-        return self.decoder.event_shape
+        return self.likelihood.event_shape
 
     def site_names(self, steps: int | None = None):
-        """Latent site names from the top (noisiest) down: ``z_T, …, z_0``."""
+        """Latent site names from the top (z_1, noisiest) down to z_0: ``z_T, …, z_0``."""
         steps = steps or self.steps
         return [f"{self.name}_{i}" for i in range(steps, -1, -1)]
 
-    def gammas(self, steps: int, like: torch.Tensor) -> torch.Tensor:
-        """γ(i/steps) for i = 0..steps, shape (steps + 1,)."""
-        t = torch.arange(steps + 1, device=like.device, dtype=like.dtype) / steps
-        return self.schedule.gamma(t)
-
-    def _ref(self) -> torch.Tensor:
-        """A tensor with the chain's dtype and device (its first parameter or buffer)."""
+    def _ref(self, y=None) -> torch.Tensor:
+        """A floating tensor with the chain's dtype and device (y, else its first parameter or buffer)."""
+        if y is not None:
+            return y if torch.is_floating_point(y) else y.float()
         for m in (self.denoiser, self.schedule):
             if isinstance(m, nn.Module):
                 for t in itertools.chain(m.parameters(), m.buffers()):
-                    return t
+                    return t if torch.is_floating_point(t) else t.float()
         return torch.zeros(())
 
     def _std_normal(self, batch: int, like: torch.Tensor):
-        shape = (batch,) + self.event_shape
-        zeros = torch.zeros(shape, dtype=like.dtype, device=like.device)
+        zeros = torch.zeros((batch,) + self.event_shape, dtype=like.dtype, device=like.device)
         return dist.Normal(zeros, torch.ones_like(zeros)).to_event(len(self.event_shape))
 
     # ----------------------------------------------------------------- the Pyro program
     def model(self, y_name: str, y: torch.Tensor | None = None, batch_size: int | None = None):
         """The generative chain and p(y | z_0); observes ``y`` when given. Returns y."""
-        estimator = active_analytic()
-        if estimator is not None:
-            return self._model_collapsed(estimator, y_name, y, batch_size)
         if y is not None:
-            self.decoder.check(y)
+            self.likelihood.check(y)
             batch_size = y.shape[0]
+        if collapsed():
+            return self._model_collapsed(y_name, y, batch_size)
         if batch_size is None:
             raise ValueError("DiffusionChain.model needs y or batch_size")
-        ref = self._ref() if y is None else y
-        ref = ref if torch.is_floating_point(ref) else ref.float()
+        ref = self._ref(y)
         steps, e = self.steps, len(self.event_shape)
-        g = self.gammas(steps, ref)
+        g = sampling.grid(self.schedule, steps, ref)
         z = pyro.sample(f"{self.name}_{steps}", self._std_normal(batch_size, ref))
         for i in range(steps, 0, -1):
-            x_hat = self.denoiser(z, g[i])
-            z = pyro.sample(f"{self.name}_{i - 1}", q_zs_given_zt_x(z, x_hat, g[i - 1], g[i]).to_event(e))
-        obs = None if y is None else self.decoder.observe(y)
-        return pyro.sample(y_name, self.decoder.from_z0(z, g[0]), obs=obs)
+            z = pyro.sample(f"{self.name}_{i - 1}", p_zs_given_zt(self.denoiser, z, g[i - 1], g[i]).to_event(e))
+        obs = None if y is None else self.likelihood.observe(y)
+        return pyro.sample(y_name, self.likelihood.from_z0(z, g[0]), obs=obs)
 
     def guide(self, y: torch.Tensor):
-        """The fixed top-down posterior q(z_T | y) ∏ q(z_{i−1} | z_i, y) (nothing when collapsed)."""
-        if active_analytic() is not None:
+        """The fixed top-down posterior q(z_1 | y) ∏ q(z_s | z_t, y) (nothing when collapsed)."""
+        if collapsed():
             return None
-        y_ = self.decoder.to_model_space(y)
+        x = self.likelihood.to_model_space(y)
         steps, e = self.steps, len(self.event_shape)
-        g = self.gammas(steps, y_)
-        z = pyro.sample(f"{self.name}_{steps}", q_zt_given_x(y_, g[steps]).to_event(e))
+        g = sampling.grid(self.schedule, steps, x)
+        z = pyro.sample(f"{self.name}_{steps}", q_zt_given_x(x, g[steps]).to_event(e))
         for i in range(steps, 0, -1):
-            z = pyro.sample(f"{self.name}_{i - 1}", q_zs_given_zt_x(z, y_, g[i - 1], g[i]).to_event(e))
+            z = pyro.sample(f"{self.name}_{i - 1}", q_zs_given_zt_x(z, x, g[i - 1], g[i]).to_event(e))
         return z
 
-    def _model_collapsed(self, estimator, y_name, y, batch_size):
-        if y is None:
-            # a latent y: its value is replayed from the guide; the factor below scores it
-            shape = (batch_size,) if batch_size is not None else ()
-            y = pyro.sample(y_name, dist.ImproperUniform(dist.constraints.real, torch.Size(shape), torch.Size(self.event_shape)))
-        else:
-            self.decoder.check(y)
-            pyro.sample(y_name, dist.ImproperUniform(dist.constraints.real, y.shape[:1], torch.Size(self.event_shape)), obs=y)
-        terms = estimator.chain_terms(self, y)
-        pyro.factor(f"{self.name}_bound", -terms["loss"])
+    def _model_collapsed(self, y_name, y, batch_size):
+        shape, event = torch.Size(() if batch_size is None else (batch_size,)), torch.Size(self.event_shape)
+        # y's own site: observed data, or a latent whose value is replayed from the guide
+        y = pyro.sample(y_name, dist.ImproperUniform(dist.constraints.real, shape, event), obs=y)
+        terms = _bound(self, y)
+        factor = dist.Unit(-terms.loss)  # pyro.factor, carrying the terms with the site
+        pyro.sample(f"{self.name}_bound", factor, obs=factor.sample(), infer={"is_auxiliary": True, "bound_terms": terms})
         return y
 
-    # ----------------------------------------------------------------- the analytic bound
-    def reconstruction(self, y: torch.Tensor, generator=None) -> torch.Tensor:
-        """−E_{q(z_0|y)} log p(y | z_0), one reparameterized sample, per example."""
-        y_ = self.decoder.to_model_space(y)
-        g0 = self.schedule.gamma(torch.zeros((), dtype=y_.dtype, device=y_.device))
-        a0, s0 = alpha_sigma(g0)
-        z0 = a0 * y_ + s0 * torch.randn(y_.shape, dtype=y_.dtype, device=y_.device, generator=generator)
-        return -self.decoder.from_z0(z0, g0).log_prob(self.decoder.observe(y))
-
-    def prior(self, y: torch.Tensor) -> torch.Tensor:
-        """KL(q(z_1 | y) ‖ N(0, I)) per example."""
-        y_ = self.decoder.to_model_space(y)
-        g1 = self.schedule.gamma(torch.ones((), dtype=y_.dtype, device=y_.device))
-        return prior_kl(y_, g1, event_dims=len(self.event_shape))
-
-    def diffusion_terms(self, y: torch.Tensor, t: torch.Tensor, weighting=None, generator=None):
-        """Per-draw diffusion terms at times t (one batched denoiser call).
-
-        ``y`` is (N, ...) data and ``t`` is (N,) times (t = i/T in discrete time).  Returns the
-        unweighted terms (N,): ½ T expm1(γ_t − γ_s) ‖ε − ε̂‖² (discrete, VDM eq. 13 scaled so
-        that its mean over i is L_T) or ½ γ'(t) ‖ε − ε̂‖² (continuous, eq. 17); and the same with
-        the weighting w(λ_t) applied (identical when ``weighting`` is None).
-        """
-        y_ = self.decoder.to_model_space(y)
-        e = len(self.event_shape)
-        g_t = self.schedule.gamma(t)  # (N,)
-        dg = self.schedule.dgamma_dt(t) if (self.T is None or getattr(self.denoiser, "parameterization", "") == "flow") else None
-        a_t, s_t = alpha_sigma(g_t.reshape(g_t.shape + (1,) * e))  # (N, 1, ..., 1)
-        eps = torch.randn(y_.shape, dtype=y_.dtype, device=y_.device, generator=generator)
-        z_t = a_t * y_ + s_t * eps
-        eps_hat = self.denoiser.eps_hat(z_t, g_t, dg)
-        err = (eps - eps_hat).pow(2).flatten(1).sum(-1)  # (N, ...) -> (N,)
-        if self.T is None:
-            term = 0.5 * dg * err
-        else:
-            g_s = self.schedule.gamma(t - 1.0 / self.T)
-            term = 0.5 * self.T * torch.expm1(g_t - g_s) * err
-        weighted = term if weighting is None else weighting(-g_t) * term
-        return term, weighted
-
-    # ----------------------------------------------------------------- sampling
-    @torch.no_grad()
+    # ----------------------------------------------------------------- samplers (hlvm.diffusion.sampling)
     def sample(self, n: int, steps: int | None = None, generator=None, return_mean: bool = False, like=None):
-        """Ancestral sampling z_1 ∼ N(0, I), z_s ∼ p(z_s | z_t) on a ``steps`` grid, y ∼ p(y | z_0).
-
-        ``steps`` defaults to T (continuous time: 1000); a continuous-time model may use any
-        number, and a discrete model may be sampled on a coarser grid of the same schedule.
-        """
+        """Ancestral samples of y on a ``steps`` grid (default T; 1000 in continuous time)."""
         steps = steps or (self.T if self.T is not None else 1000)
-        ref = like if like is not None else self._ref()
-        ref = ref if torch.is_floating_point(ref) else ref.float()
-        g = self.gammas(steps, ref)
-        z = torch.randn((n,) + self.event_shape, dtype=ref.dtype, device=ref.device, generator=generator)
-        for i in range(steps, 0, -1):
-            p = q_zs_given_zt_x(z, self.denoiser(z, g[i]), g[i - 1], g[i])
-            z = p.loc + p.scale * torch.randn(z.shape, dtype=z.dtype, device=z.device, generator=generator)
-        d = self.decoder.from_z0(z, g[0])
-        return self.decoder.mean(d) if return_mean else d.sample()
+        return sampling.ancestral_sample(self.denoiser, self.schedule, self.likelihood, n, steps, self._ref(like),
+                                         generator=generator, return_mean=return_mean)
 
-    @torch.no_grad()
     def reconstruct(self, y: torch.Tensor, t: float = 0.3, steps: int | None = None, generator=None):
-        """Noise y to level t with q(z_t | y), then run the generative chain back to p(y | z_0)'s mean."""
+        """Noise y to level t, then run the generative chain back to p(y | z_0)'s mean."""
         steps = steps or (self.T if self.T is not None else 1000)
-        y_ = self.decoder.to_model_space(y)
-        g = self.gammas(steps, y_)
-        i0 = max(1, round(t * steps))
-        q = q_zt_given_x(y_, g[i0])
-        z = q.loc + q.scale * torch.randn(y_.shape, dtype=y_.dtype, device=y_.device, generator=generator)
-        for i in range(i0, 0, -1):
-            p = q_zs_given_zt_x(z, self.denoiser(z, g[i]), g[i - 1], g[i])
-            z = p.loc + p.scale * torch.randn(z.shape, dtype=z.dtype, device=z.device, generator=generator)
-        return self.decoder.mean(self.decoder.from_z0(z, g[0]))
+        return sampling.noise_and_denoise(self.denoiser, self.schedule, self.likelihood, y, t, steps, generator)
 
-    @torch.no_grad()
     def langevin_sample(self, n: int, steps: int = 100, corrector_steps: int = 1, snr: float = 0.16,
                         generator=None, return_mean: bool = False, like=None):
-        """Annealed Langevin dynamics from the score ŝθ = −ε̂θ/σ (Song & Ermon 2019), as a
-        predictor–corrector sampler (Song et al. 2021, Alg. 5): at each level an ancestral
-        predictor step, then ``corrector_steps`` Langevin steps z ← z + η ŝ + √(2η) ξ with
-        η = 2 (snr · mean‖ξ‖ / mean‖ŝ‖)², the norms averaged over the batch.
-
-        .. warning:: The step size is shared by the batch, as in the reference implementation of
-            Song et al. (2021).  A per-example η is unstable in low dimension: where ‖ŝ‖ is small
-            (near a mode) it becomes huge and the chain over-disperses.
-        """
-        ref = like if like is not None else self._ref()
-        ref = ref if torch.is_floating_point(ref) else ref.float()
-        g = self.gammas(steps, ref)
-        shape = (n,) + self.event_shape
-        z = torch.randn(shape, dtype=ref.dtype, device=ref.device, generator=generator)
-
-        def norm(v):  # mean over the batch of the per-example Euclidean norm
-            return v.flatten(1).norm(dim=-1).mean()
-
-        for i in range(steps, -1, -1):
-            if i < steps:  # predictor: ancestral step from level i+1 to i
-                p = q_zs_given_zt_x(z, self.denoiser(z, g[i + 1]), g[i], g[i + 1])
-                z = p.loc + p.scale * torch.randn(shape, dtype=z.dtype, device=z.device, generator=generator)
-            for _ in range(corrector_steps):
-                score = self.denoiser.score(z, g[i])
-                xi = torch.randn(shape, dtype=z.dtype, device=z.device, generator=generator)
-                eta = 2 * (snr * norm(xi) / norm(score).clamp_min(1e-12)) ** 2
-                z = z + eta * score + (2 * eta).sqrt() * xi
-        d = self.decoder.from_z0(z, g[0])
-        return self.decoder.mean(d) if return_mean else d.sample()
+        """Predictor–corrector annealed Langevin sampling (:func:`hlvm.diffusion.sampling.langevin_sample`)."""
+        return sampling.langevin_sample(self.denoiser, self.schedule, self.likelihood, n, steps, self._ref(like),
+                                        corrector_steps, snr, generator=generator, return_mean=return_mean)
 
 
-def gaussian_decoder(event_shape) -> GaussianLikelihood:
-    """p(y | z_0) = N(y; z_0/α_0, σ_0²/α_0²) for a continuous latent y (a diffusion prior)."""
+def chains_of(*roots) -> list[DiffusionChain]:
+    """The DiffusionChains inside the given modules (each once, in module order)."""
+    out: list[DiffusionChain] = []
+    for root in roots:
+        if isinstance(root, nn.Module):
+            out += [m for m in root.modules() if isinstance(m, DiffusionChain) and all(m is not c for c in out)]
+    return out
+
+
+@contextmanager
+def override_steps(chains, policy):
+    """Run the program with each chain at ``policy(steps)`` steps (T, or ``trace_steps`` in
+    continuous time); restored on exit.  Yields {chain name: {"T", "steps", "traced_steps"}}."""
+    saved, info = [], {}
+    try:
+        for chain in chains:
+            steps = policy(chain.steps)
+            info[chain.name] = {"T": chain.T, "steps": chain.steps, "traced_steps": steps}
+            saved.append((chain, chain.T, chain.trace_steps))
+            if chain.T is None:
+                chain.trace_steps = steps
+            else:
+                chain.T = steps
+        yield info
+    finally:
+        for chain, T, trace_steps in saved:
+            chain.T, chain.trace_steps = T, trace_steps
+
+
+def latent_likelihood(event_shape) -> GaussianLikelihood:
+    """p(y | z_0) = N(y; z_0/α_0, σ_0²/α_0²) for a continuous latent y under a diffusion prior."""
     return GaussianLikelihood(event_shape)
-

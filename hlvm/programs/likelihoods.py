@@ -26,6 +26,8 @@ from pyro.distributions import constraints
 from pyro.distributions.torch_distribution import TorchDistribution
 from pyro.infer.util import is_validation_enabled
 
+from ..diffusion.gaussian import pad_gamma
+
 __all__ = ["Likelihood", "BernoulliLikelihood", "Discretized8bitLikelihood", "GaussianLikelihood",
            "GridGaussian", "make_likelihood"]
 
@@ -71,11 +73,6 @@ class Likelihood:
             raise ValueError(f"data of shape {tuple(x.shape)} does not end in the likelihood's event shape {self.event_shape}")
 
 
-def _pad_gamma(gamma, like):
-    gamma = torch.as_tensor(gamma, dtype=like.dtype, device=like.device)
-    return gamma.reshape(gamma.shape + (1,) * (like.dim() - gamma.dim())) if 0 < gamma.dim() < like.dim() else gamma
-
-
 class BernoulliLikelihood(Likelihood):
     """Binarized data x ∈ {0, 1}; model space 2x − 1 ∈ {−1, 1}."""
 
@@ -88,7 +85,7 @@ class BernoulliLikelihood(Likelihood):
         return dist.Bernoulli(logits=logits.reshape(logits.shape[:1] + self.event_shape)).to_event(self.event_dims)
 
     def from_z0(self, z_0, gamma_0):
-        g = _pad_gamma(gamma_0, z_0)
+        g = pad_gamma(gamma_0, z_0)
         # log N(z; α, σ²) − log N(z; −α, σ²) = 2αz/σ²
         logits = 2 * z_0 * torch.sigmoid(-g).sqrt() / torch.sigmoid(g)
         return dist.Bernoulli(logits=logits).to_event(self.event_dims)
@@ -170,7 +167,7 @@ class Discretized8bitLikelihood(Likelihood):
         return GridGaussian(loc, scale, self.grid).to_event(self.event_dims)
 
     def from_z0(self, z_0, gamma_0):
-        g = _pad_gamma(gamma_0, z_0)
+        g = pad_gamma(gamma_0, z_0)
         # z_0/α_0 ~ N(x, σ_0²/α_0²): scale = exp(γ_0/2)
         loc = z_0 / torch.sigmoid(-g).sqrt()
         return GridGaussian(loc, torch.exp(0.5 * g).expand_as(loc), self.grid).to_event(self.event_dims)
@@ -206,7 +203,7 @@ class GaussianLikelihood(Likelihood):
         return dist.Normal(loc, torch.full_like(loc, self.scale)).to_event(self.event_dims)
 
     def from_z0(self, z_0, gamma_0):
-        g = _pad_gamma(gamma_0, z_0)
+        g = pad_gamma(gamma_0, z_0)
         loc = z_0 / torch.sigmoid(-g).sqrt()
         return dist.Normal(loc, torch.exp(0.5 * g).expand_as(loc)).to_event(self.event_dims)
 

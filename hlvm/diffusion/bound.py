@@ -1,0 +1,132 @@
+"""The analytic bound of a Gaussian diffusion over y: VDM's whole loss in one place.
+
+For a diffusion chain with likelihood p(y | z_0) and shared denoiser ε̂θ,
+
+    −log p(y) ≤ L(y) = −E_{q(z_0|y)}[log p(y | z_0)]   (reconstruction)
+                     + KL(q(z_1 | y) ‖ N(0, I))        (prior)
+                     + L_T(y)                          (diffusion)
+
+    L_T = ½ T · E_{ε, i∼U{1..T}}[expm1(γ_t − γ_s) ‖ε − ε̂θ(z_t; γ_t)‖²],  t = i/T, s = (i−1)/T
+    L_∞ = ½ · E_{ε, t∼U(0,1)}[γ'(t) ‖ε − ε̂θ(z_t; γ_t)‖²]
+
+(Kingma, Salimans, Poole & Ho, *Variational Diffusion Models*, 2021, eqs. 11–17).  A weighting
+w(λ_t), λ = −γ, gives Kingma & Gao's (2023) weighted loss ½ E[w(λ) γ' ‖ε − ε̂‖²] — an ELBO only for
+w ≡ 1.  Every timestep of a batch goes through ONE denoiser call, so the cost does not depend on T.
+
+Plain torch: the denoiser is any :class:`~hlvm.diffusion.denoiser.XPredictor`, the likelihood
+anything with ``to_model_space``, ``observe``, ``from_z0`` and ``event_shape``
+(:mod:`hlvm.programs.likelihoods`).  :class:`hlvm.DiffusionELBO` calls :func:`diffusion_bound`
+for each chain of a Pyro program.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .gaussian import alpha_sigma, pad_gamma, prior_kl
+
+__all__ = ["BoundTerms", "diffusion_bound", "diffusion_loss", "prior_loss", "reconstruction_loss", "exact_times"]
+
+
+@dataclass(frozen=True)
+class BoundTerms:
+    """Per-example terms of −log p(y) ≤ ``loss``, in nats (each (B,)), and the times used.
+
+    ``t`` and ``per_t``: the sampled times and their unweighted terms (one per draw), or, for an
+    exact evaluation, the T steps / quadrature nodes and the batch mean of each node's term.
+    """
+
+    reconstruction: torch.Tensor
+    prior: torch.Tensor
+    diffusion: torch.Tensor
+    t: torch.Tensor
+    per_t: torch.Tensor
+
+    @property
+    def loss(self) -> torch.Tensor:
+        """reconstruction + prior + diffusion, per example (an upper bound on −log p(y) when w ≡ 1)."""
+        return self.reconstruction + self.prior + self.diffusion
+
+    def detach(self) -> "BoundTerms":
+        return BoundTerms(*(v.detach() for v in (self.reconstruction, self.prior, self.diffusion, self.t, self.per_t)))
+
+
+def reconstruction_loss(likelihood, schedule, y: torch.Tensor, generator=None) -> torch.Tensor:
+    """−log p(y | z_0) at one reparameterized draw z_0 ∼ q(z_0 | y), per example."""
+    x = likelihood.to_model_space(y)
+    g_0 = schedule.gamma(torch.zeros((), dtype=x.dtype, device=x.device))
+    alpha_0, sigma_0 = alpha_sigma(g_0)
+    z_0 = alpha_0 * x + sigma_0 * torch.randn(x.shape, dtype=x.dtype, device=x.device, generator=generator)
+    return -likelihood.from_z0(z_0, g_0).log_prob(likelihood.observe(y))
+
+
+def prior_loss(likelihood, schedule, y: torch.Tensor) -> torch.Tensor:
+    """KL(q(z_1 | y) ‖ N(0, I)), per example."""
+    x = likelihood.to_model_space(y)
+    g_1 = schedule.gamma(torch.ones((), dtype=x.dtype, device=x.device))
+    return prior_kl(x, g_1, event_dims=len(likelihood.event_shape))
+
+
+def diffusion_loss(denoiser, schedule, T: int | None, x: torch.Tensor, t: torch.Tensor, weighting=None,
+                   generator=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The diffusion term at times t: ``(term, weighted)``, each (N,), for x (N, ...) in model space.
+
+    term = ½ T expm1(γ_t − γ_s) ‖ε − ε̂‖² (discrete; its mean over i ∼ U{1..T} is L_T) or
+    ½ γ'(t) ‖ε − ε̂‖² (continuous); ``weighted`` multiplies it by w(λ_t) (same when w is None).
+    """
+    g_t = schedule.gamma(t)  # (N,)
+    needs_dg = T is None or getattr(denoiser, "needs_dgamma", False)
+    dg_t = schedule.dgamma_dt(t) if needs_dg else None
+    alpha_t, sigma_t = alpha_sigma(pad_gamma(g_t, x))  # (N, 1, ..., 1)
+    eps = torch.randn(x.shape, dtype=x.dtype, device=x.device, generator=generator)
+    z_t = alpha_t * x + sigma_t * eps
+    eps_hat = denoiser.eps_hat(z_t, g_t, dg_t)
+    err = (eps - eps_hat).pow(2).flatten(1).sum(-1)  # (N, ...) -> (N,)
+    if T is None:
+        term = 0.5 * dg_t * err
+    else:
+        g_s = schedule.gamma(t - 1.0 / T)
+        term = 0.5 * T * torch.expm1(g_t - g_s) * err
+    return term, (term if weighting is None else weighting(-g_t) * term)
+
+
+def exact_times(T: int | None, nodes: int, like: torch.Tensor) -> torch.Tensor:
+    """All T steps t = i/T, or ``nodes`` stratified nodes (u + k)/nodes with one u ∼ U(0, 1)."""
+    if T is not None:
+        return torch.arange(1, T + 1, device=like.device, dtype=like.dtype) / T
+    u = torch.rand((), device=like.device, dtype=like.dtype)
+    return (torch.arange(nodes, device=like.device, dtype=like.dtype) + u) / nodes
+
+
+def diffusion_bound(denoiser, schedule, likelihood, T: int | None, y: torch.Tensor, *, sampler=None, num_t: int = 1,
+                    exact: bool = False, nodes: int = 1000, weighting=None, max_batch: int = 8192) -> BoundTerms:
+    """The per-example bound of y (B, ...) under the chain (denoiser, schedule, likelihood, T).
+
+    Monte Carlo over time: ``num_t`` draws per example from ``sampler(n, device, dtype) → (t, w)``
+    (importance weights w; :class:`~hlvm.diffusion.timesteps.TimestepSampler`), all in one
+    denoiser call.  ``exact``: the mean over all T steps, or over ``nodes`` stratified nodes in
+    continuous time, in chunks of at most ``max_batch`` rows.
+    """
+    x = likelihood.to_model_space(y)
+    b = y.shape[0]
+    reconstruction = reconstruction_loss(likelihood, schedule, y)
+    prior = prior_loss(likelihood, schedule, y)
+    if exact:
+        t_all = exact_times(T, nodes, x)
+        parts, per_t = [], []
+        for tt in t_all.split(max(1, max_batch // b)):
+            n = tt.numel()
+            xx = x.repeat((n,) + (1,) * (x.dim() - 1))  # (n·B, ...), time-major
+            term, weighted = diffusion_loss(denoiser, schedule, T, xx, tt.repeat_interleave(b), weighting)
+            parts.append(weighted.view(n, b))
+            per_t.append(term.view(n, b).mean(1).detach())
+        return BoundTerms(reconstruction, prior, torch.cat(parts).mean(0), t_all.detach(), torch.cat(per_t))
+    t, w = sampler(b * num_t, device=x.device, dtype=x.dtype)
+    xx = x.repeat((num_t,) + (1,) * (x.dim() - 1))  # (num_t·B, ...)
+    term, weighted = diffusion_loss(denoiser, schedule, T, xx, t, weighting)
+    if hasattr(sampler, "update"):
+        sampler.update(t, term)
+    diffusion = (w * weighted).view(num_t, b).mean(0)
+    return BoundTerms(reconstruction, prior, diffusion, t.detach(), term.detach())

@@ -1,0 +1,223 @@
+"""Importance weights of any model/guide pair, per example, and the bounds built on them.
+
+The guide is traced (:func:`pyro.poutine.trace`) and the model replayed on its draws; each site's
+log-density is summed over every dim but that of the per-example plate, giving
+
+* :func:`per_site_terms` — one Monte Carlo draw of −ELBO site by site (KL per latent,
+  reconstruction, factors);
+* :func:`per_example_log_weights` — log w_k = log p(x, z_k) − log q(z_k | x), z_k ∼ q(· | x);
+* :func:`iwae_bound` — log (1/K) Σ_k w_k (Burda, Grosse & Salakhutdinov 2016, eq. 8), which equals
+  the ELBO for K = 1 and is non-decreasing in K (their Theorem 1).
+
+Importance weights always use the *stock* Pyro program (no :class:`~hlvm.DiffusionELBO`
+collapsing): for a VDM that is its T-step chain, or in continuous time the ``trace_steps``-step
+discretization (see :func:`per_example_log_weights`).
+"""
+
+from __future__ import annotations
+
+import math
+from contextlib import nullcontext
+
+import pyro.distributions as dist
+import torch
+from pyro import poutine
+from pyro.distributions.util import scale_and_mask
+from pyro.poutine.util import site_is_subsample
+from torch import nn
+
+from ..programs.chain import StockChains, chains_of, override_steps
+
+__all__ = ["per_site_terms", "per_example_log_weights", "iwae_bound", "programs_of", "traces", "data_dim",
+           "is_factor", "guide_scored"]
+
+#: default cap on rows (importance samples × examples) per vectorized model/guide pass
+_MAX_ROWS = 8192
+
+
+def programs_of(model, guide=None):
+    """(model_fn, guide_fn, owner module or None) from a hierarchy or two callables."""
+    if guide is None:
+        if not (hasattr(model, "model") and hasattr(model, "guide")):
+            raise TypeError("pass a module with .model and .guide, or a model callable and a guide callable")
+        return model.model, model.guide, model if isinstance(model, nn.Module) else None
+    owner = model if isinstance(model, nn.Module) else getattr(model, "__self__", None)
+    return model, guide, owner if isinstance(owner, nn.Module) else None
+
+
+def _continuous_steps(owner, steps):
+    """Run continuous-time chains of ``owner`` with ``steps`` trace steps (None: as they are)."""
+    if steps is None:
+        return nullcontext()
+    if not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"steps must be a positive integer, got {steps!r}")
+    chains = [c for c in chains_of(owner) if c.T is None]
+    if not chains:
+        raise ValueError("steps overrides trace_steps of continuous-time DiffusionChains; the model has none")
+    return override_steps(chains, lambda _: steps)
+
+
+def data_dim(site, plate: str) -> int:
+    for frame in site["cond_indep_stack"]:
+        if frame.name == plate:
+            return frame.dim
+    raise ValueError(f"site {site['name']!r} is not inside pyro.plate({plate!r}): per-example terms are undefined "
+                     "(global latents cannot be importance-weighted per example)")
+
+
+def _per_example(value: torch.Tensor, site, plate: str, batch: int) -> torch.Tensor:
+    """Sum a site-shaped tensor (batch shape) over every dim but the plate's: → (batch,)."""
+    dim = data_dim(site, plate)
+    if value.dim() < -dim:
+        value = value.reshape((1,) * (-dim - value.dim()) + value.shape)
+    value = value.movedim(dim, 0)  # (..., B, ...) -> (B, ...)
+    if value.shape[0] != batch:
+        value = value.expand((batch,) + value.shape[1:])
+    return value.reshape(batch, -1).sum(-1)
+
+
+def _site_log_prob(site, plate: str, batch: int) -> torch.Tensor:
+    """log p(value) of one site per example (mask applied; subsample scale ignored)."""
+    lp = site["fn"].log_prob(site["value"])
+    lp = scale_and_mask(lp, 1.0, site["mask"])
+    if not torch.is_tensor(lp):
+        lp = torch.as_tensor(lp)
+    return _per_example(lp, site, plate, batch)
+
+
+def is_factor(site) -> bool:
+    fn = site["fn"]
+    while isinstance(fn, dist.MaskedDistribution):
+        fn = fn.base_dist
+    return isinstance(fn, dist.Unit)
+
+
+def guide_scored(site) -> bool:
+    """Guide sites that enter log q: all sample sites except auxiliary non-factor ones (e.g. the
+    top-down HVAE's deterministic ladder states d_l, Delta sites with log-density 0)."""
+    if site["type"] != "sample" or site_is_subsample(site):
+        return False
+    return is_factor(site) or not site["infer"].get("is_auxiliary", False)
+
+
+def traces(model_fn, guide_fn, x, *, context=None):
+    """One guide trace and the model replayed against it (``context``: a DiffusionELBO to collapse
+    diffusion chains with; anything else runs the stock program, even inside a collapsing handler)."""
+    with context.collapse() if hasattr(context, "collapse") else StockChains():
+        guide_trace = poutine.trace(guide_fn).get_trace(x)
+        model_trace = poutine.trace(poutine.replay(model_fn, trace=guide_trace)).get_trace(x)
+    return model_trace, guide_trace
+
+
+# --------------------------------------------------------------------------- per-site terms
+def per_site_terms(model, guide=None, x=None, *, plate: str = "data", context=None) -> dict:
+    """Per-example terms of one Monte Carlo sample of −ELBO, site by site.
+
+    With z ∼ q(· | x) drawn once by the guide and the model replayed on it:
+
+    * ``kl[name]`` = log q(z_l | ·) − log p(z_l | ·) for each latent in both programs (its mean over
+      z is the KL term of that layer, E_q[log q(z_l|·) − log p(z_l|·)]);
+    * ``reconstruction`` = −Σ log p(y | ·) over observed, non-factor model sites;
+    * ``factor`` = −Σ model ``pyro.factor`` terms + Σ guide ``pyro.factor`` terms;
+    * ``total`` = reconstruction + Σ_l kl[l] + factor, the single-sample −ELBO that
+      :class:`pyro.infer.Trace_ELBO` computes (same draws ⇒ same number).
+
+    Also returned: ``guide_trace`` (for active units) and ``model_trace``. Model latents absent from
+    the guide are sampled from their model conditional and left out (their prior cancels the
+    proposal); auxiliary guide sites other than factors are skipped. Everything is (B,).
+
+    Args:
+        model: a module with ``.model``/``.guide`` (then ``guide`` is None) or a model callable.
+        x: data, batch first.
+        plate: the name of the per-example plate.
+        context: a DiffusionELBO to collapse diffusion chains with (anything else: the stock program).
+    """
+    model_fn, guide_fn, _ = programs_of(model, guide)
+    b = x.shape[0]
+    model_trace, guide_trace = traces(model_fn, guide_fn, x, context=context)
+    zero = x.new_zeros(b) if torch.is_floating_point(x) else torch.zeros(b)
+    kl, recon, factor = {}, zero.clone(), zero.clone()
+    for name, site in guide_trace.nodes.items():
+        if not guide_scored(site):
+            continue
+        lq = _site_log_prob(site, plate, b)
+        if is_factor(site) or site["is_observed"]:
+            factor = factor + lq
+        elif name in model_trace.nodes:
+            kl[name] = lq
+    for name, site in model_trace.nodes.items():
+        if site["type"] != "sample" or site_is_subsample(site) or site["infer"].get("_deterministic", False):
+            continue
+        if is_factor(site):
+            factor = factor - _site_log_prob(site, plate, b)
+        elif site["is_observed"]:
+            recon = recon - _site_log_prob(site, plate, b)
+        elif name in kl:
+            kl[name] = kl[name] - _site_log_prob(site, plate, b)
+    total = recon + factor + sum(kl.values(), zero)
+    return {"kl": kl, "reconstruction": recon, "factor": factor, "total": total, "guide_trace": guide_trace,
+            "model_trace": model_trace}
+
+
+# --------------------------------------------------------------------------- importance weights
+def per_example_log_weights(model, guide=None, x=None, K: int = 1, chunk: int | None = None, *,
+                            steps: int | None = None, plate: str = "data") -> torch.Tensor:
+    """Importance log-weights log w_k = log p(x, z_k) − log q(z_k | x), z_k ∼ q(· | x): shape (K, B).
+
+    The guide is traced (:func:`pyro.poutine.trace`) and the model replayed on its draws
+    (:func:`pyro.poutine.replay`); each site's ``log_prob`` is summed over every dim but that of
+    ``pyro.plate(plate)``, giving one weight per example (Burda et al. 2016, eq. 8). The K draws
+    are vectorized by repeating x K times along the batch dim (row k·B + b is draw k of example b),
+    ``chunk`` draws per pass.
+
+    * Guide sites marked ``infer={"is_auxiliary": True}`` (e.g. :func:`hlvm.layers.deterministic`
+      ladder states) are skipped; ``pyro.factor`` sites count in both programs (added in the
+      model, subtracted in the guide, as :class:`pyro.infer.Trace_ELBO` does).
+    * Model latents that the guide does not sample are drawn from their model conditional, which
+      is then their proposal: they cancel and are left out.
+    * The **stock** program is always used, even inside a :class:`~hlvm.elbo.DiffusionELBO`
+      context: a diffusion chain contributes its T latent sites z_T … z_0. In continuous time
+      the program has ``chain.trace_steps`` steps; ``steps`` overrides ``trace_steps`` of every
+      continuous-time chain for this call only (restored afterwards). The weights are then those
+      of that *discretization* of the model, whose log-likelihood differs from the continuous one.
+    * Gradients flow if enabled (this function does not switch grad mode).
+
+    Args:
+        model: a module with ``.model``/``.guide`` (then ``guide`` is None) or a model callable.
+        guide: the guide callable, or None.
+        x: data (B, ...).
+        K: importance samples per example.
+        chunk: draws per vectorized pass (default: as many as fit in 8192 rows, at least 1).
+        steps: trace steps of continuous-time chains (ValueError if the model has none).
+        plate: the name of the per-example plate.
+    """
+    if x is None:
+        raise ValueError("per_example_log_weights needs data x")
+    if K < 1:
+        raise ValueError(f"K must be >= 1, got {K}")
+    model_fn, guide_fn, owner = programs_of(model, guide)
+    b = x.shape[0]
+    chunk = max(1, _MAX_ROWS // max(b, 1)) if chunk is None else int(chunk)
+    if chunk < 1:
+        raise ValueError(f"chunk must be >= 1, got {chunk}")
+    out = []
+    with _continuous_steps(owner, steps):
+        for start in range(0, K, chunk):
+            k = min(chunk, K - start)
+            xx = x.repeat((k,) + (1,) * (x.dim() - 1))  # (k·B, ...), draw-major
+            terms = per_site_terms(model_fn, guide_fn, xx, plate=plate, context=None)
+            out.append(-terms["total"].reshape(k, b))
+    return torch.cat(out, 0)
+
+
+def iwae_bound(model, x: torch.Tensor, K: int, chunk: int | None = None, *, guide=None,
+               steps: int | None = None, plate: str = "data") -> torch.Tensor:
+    """The importance-weighted bound log (1/K) Σ_k w_k per example, shape (B,).
+
+    Burda, Grosse & Salakhutdinov, *Importance Weighted Autoencoders*, ICLR 2016, eq. 8:
+    E[IWAE_K] ≤ E[IWAE_{K+1}] ≤ log p(x), with IWAE_1 = ELBO in expectation. Computed as
+    logsumexp_k log w_k − log K from :func:`per_example_log_weights` (see it for the arguments;
+    ``model`` is a module with ``.model``/``.guide`` unless ``guide`` is given).
+    """
+    lw = per_example_log_weights(model, guide, x, K, chunk, steps=steps, plate=plate)
+    return torch.logsumexp(lw, 0) - math.log(K)

@@ -1,0 +1,47 @@
+"""Sampling any hierarchy by running its own generative program forward.
+
+:func:`sample` traces ``model`` on a batch of placeholder data under
+:func:`pyro.poutine.uncondition`, so the observed site ``"x"`` is drawn from p(x | ·) instead of
+observed, and every latent from its prior: ancestral sampling of the DAG with nothing written by
+the user.  A zoo model's own ``sample`` method (few-step ancestral, Langevin) is a faster sampler
+of the same law; the tests check the two agree in law.
+"""
+
+from __future__ import annotations
+
+import torch
+from pyro import poutine
+
+from .chain import StockChains, chains_of, override_steps
+from .contract import SITE, example_batch
+
+__all__ = ["sample", "draw"]
+
+
+def sample(hierarchy, n: int, steps: int | None = None, return_mean: bool = True) -> torch.Tensor:
+    """n draws of x from ``hierarchy.model`` run forward, shape (n, *data_shape).
+
+    Args:
+        steps: steps of continuous-time diffusion chains in the program (default: their
+            ``trace_steps``); discrete chains always run their T steps.
+        return_mean: the mean of p(x | ·) at the sampled latents (as image grids show) instead of
+            a draw of x itself.
+    """
+    if not (isinstance(n, int) and n >= 1):
+        raise ValueError(f"n must be a positive integer, got {n!r}")
+    if steps is not None and not (isinstance(steps, int) and steps >= 1):
+        raise ValueError(f"steps must be a positive integer, got {steps!r}")
+    placeholder = example_batch(hierarchy, n)
+    continuous = [c for c in chains_of(hierarchy) if c.T is None]
+    with torch.no_grad(), StockChains(), override_steps(continuous, lambda s: steps or s):
+        site = poutine.trace(poutine.uncondition(hierarchy.model)).get_trace(placeholder).nodes[SITE]
+    return site["fn"].mean if return_mean else site["value"]
+
+
+def draw(hierarchy, n: int, steps: int | None = None) -> torch.Tensor:
+    """Samples (means of p(x | ·)) by the hierarchy's own ``sample(n[, steps])`` when it has one
+    (the zoo's fast samplers), else by running its program forward (:func:`sample`)."""
+    own = getattr(hierarchy, "sample", None)
+    if callable(own):
+        return own(n) if steps is None else own(n, steps=steps)
+    return sample(hierarchy, n, steps=steps)
