@@ -15,6 +15,7 @@ from __future__ import annotations
 import _common as C  # noqa: I001
 import torch
 
+import hlvm
 from models import VAE, VDM, BottomUpHVAE, TopDownHVAE
 
 
@@ -32,7 +33,7 @@ def run(args) -> dict:
         calls[f"VDM predictor-corrector, {s} steps"] = 2 * s + 1
     for name, cls in (("VAE", VAE), ("BottomUpHVAE", BottomUpHVAE), ("TopDownHVAE", TopDownHVAE)):
         m = cls().to(device).eval()
-        cs[f"{name}, one pass"] = (lambda m=m: m.sample(args.n))
+        cs[f"{name}, one pass"] = (lambda m=m: hlvm.sample(m, args.n))
         calls[f"{name}, one pass"] = None
     with torch.no_grad():
         t = C.interleaved(cs, repeats=args.repeats, inner=1, warmup=1, device=device)

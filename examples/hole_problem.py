@@ -33,6 +33,7 @@ from pyro import poutine
 from pyro.infer import SVI, TraceMeanField_ELBO
 from pyro.optim import Adam
 
+import hlvm
 from hlvm.data import batches, load_dataset
 from hlvm.programs.elbo import DiffusionELBO
 from hlvm.programs.likelihoods import GaussianLikelihood
@@ -95,7 +96,7 @@ def main(argv=None):
         z_vae = vae.guide(xs)
         top = f"z_{vdm.chain.steps}"
         z_vdm = poutine.trace(vdm.guide).get_trace(xs).nodes[top]["value"]
-        x_vae = vae.sample(2000)
+        x_vae = hlvm.sample(vae, 2000)
         x_vdm = vdm.sample(2000, steps=200)
 
     holes = {"VAE": hole_numbers(z_vae), "VDM": hole_numbers(z_vdm)}

@@ -28,6 +28,7 @@ import torch
 from pyro.infer import SVI, TraceMeanField_ELBO
 from pyro.optim import Adam
 
+import hlvm
 from hlvm.data import batches, load_dataset
 from hlvm.plots import save_grid
 from models import TopDownHVAE
@@ -75,7 +76,7 @@ def main(argv=None):
 
     if args.samples:
         # ancestral samples: z_L ∼ N(0, I), down the transitions to z_1, then the decoder's pixel probabilities
-        save_grid(hvae.sample(64), args.samples, kind=data.kind)
+        save_grid(hlvm.sample(hvae, 64), args.samples, kind=data.kind)
         print(f"wrote {args.samples}")
 
 

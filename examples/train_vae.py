@@ -23,6 +23,7 @@ import torch
 from pyro.infer import SVI, TraceMeanField_ELBO
 from pyro.optim import Adam
 
+import hlvm
 from hlvm.data import batches, load_dataset
 from hlvm.plots import save_grid
 from models import VAE
@@ -68,7 +69,7 @@ def main(argv=None):
 
     if args.samples:
         # ancestral samples: z ∼ N(0, I), then the decoder's pixel probabilities
-        save_grid(vae.sample(64), args.samples, kind=data.kind)
+        save_grid(hlvm.sample(vae, 64), args.samples, kind=data.kind)
         print(f"wrote {args.samples}")
 
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import pyro
 import pyro.distributions as dist
-import torch
 from pyro.nn import PyroModule, pyro_method
 from torch import nn
 
@@ -83,13 +82,3 @@ class BottomUpHVAE(PyroModule):
                 loc, scale = encoders[l - 1](h)
                 h = pyro.sample(f"z_{l}", dist.Normal(loc, scale).to_event(1))
             return h
-
-    @torch.no_grad()
-    def sample(self, n: int, return_mean: bool = True):
-        ref = ref_tensor(self)
-        z = torch.randn(n, self.latent_dims[-1], dtype=ref.dtype, device=ref.device)
-        for l in range(self.L, 1, -1):
-            loc, scale = self.transitions[l - 2](z)
-            z = loc + scale * torch.randn_like(loc)
-        d = self.likelihood.from_decoder(self.decoder(z))
-        return self.likelihood.mean(d) if return_mean else d.sample()

@@ -183,14 +183,3 @@ class TopDownHVAE(PyroModule):
                     loc, scale = p.loc + d_loc, p.scale * d_scale
                 z = pyro.sample(f"z_{l}", dist.Normal(loc, scale).to_event(1))
             return z
-
-    @torch.no_grad()
-    def sample(self, n: int, return_mean: bool = True):
-        ref = ref_tensor(self)
-        z = torch.randn(n, self.latent_dims[-1], dtype=ref.dtype, device=ref.device)
-        p_transition = self.transitions_fn(ref)
-        for l in range(self.L - 1, 0, -1):
-            p = p_transition(z, l)
-            z = p.loc + p.scale * torch.randn_like(p.loc)
-        d = self.likelihood.from_decoder(self.decoder(z))
-        return self.likelihood.mean(d) if return_mean else d.sample()

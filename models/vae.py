@@ -61,14 +61,7 @@ class VAE(PyroModule):
             return pyro.sample("z", dist.Normal(loc, scale).to_event(1))
 
     @torch.no_grad()
-    def sample(self, n: int, return_mean: bool = True):
-        """Ancestral samples of x (the decoder's mean by default)."""
-        ref = ref_tensor(self)
-        z = torch.randn(n, self.latent_dim, dtype=ref.dtype, device=ref.device)
-        d = self.likelihood.from_decoder(self.decoder(z))
-        return self.likelihood.mean(d) if return_mean else d.sample()
-
-    @torch.no_grad()
     def reconstruct(self, x):
+        """The decoder's mean at the posterior mean of z (``hlvm compare``'s reconstruction grid)."""
         loc, _ = self.encoder(self.likelihood.to_model_space(x))
         return self.likelihood.mean(self.likelihood.from_decoder(self.decoder(loc)))

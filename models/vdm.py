@@ -17,7 +17,6 @@ Ho et al. 2020 (DDPM); De Sousa Ribeiro & Glocker 2024, Fig. 5.
 from __future__ import annotations
 
 import pyro
-import torch
 from pyro.nn import PyroModule, pyro_method
 from torch import nn
 

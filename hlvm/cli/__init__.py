@@ -1,4 +1,4 @@
-"""The ``hlvm`` command line.  Each subcommand lives in ``hlvm/commands/<name>.py`` and provides
+"""The ``hlvm`` command line.  Each subcommand lives in ``hlvm/cli/<name>.py`` and provides
 ``register(subparsers)``, which adds its parser and sets ``func``.
 
 Bad input exits with code 2 and one line on stderr, never a traceback.
@@ -28,13 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = Parser(prog="hlvm", description="VAEs, HVAEs and VDMs as Pyro directed graphical models")
     sub = p.add_subparsers(dest="command", required=True, parser_class=Parser)
     for name in COMMANDS:
-        try:
-            module = importlib.import_module(f"hlvm.cli.{name}")
-        except ModuleNotFoundError as e:
-            if e.name == f"hlvm.cli.{name}":
-                continue  # not written yet
-            raise
-        module.register(sub)
+        importlib.import_module(f"hlvm.cli.{name}").register(sub)
     return p
 
 

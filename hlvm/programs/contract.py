@@ -5,7 +5,9 @@ A hierarchy is any object (in practice a :class:`pyro.nn.PyroModule`) with
 * ``model(x)`` — the generative program: its per-example plate is ``pyro.plate("data", B)`` and
   the data are observed at the sample site ``"x"``;
 * ``guide(x)`` — the inference program, over the same plate;
-* ``data_shape`` — the shape of one example, e.g. ``(1, 28, 28)``.
+* ``data_shape`` — the shape of one example, e.g. ``(1, 28, 28)``;
+* parameters registered with Pyro while the programs run (``@pyro_method`` on ``model`` and
+  ``guide`` of a :class:`~pyro.nn.PyroModule`, or ``pyro.module``), so that SVI can find them.
 
 Everything else is optional.  Training, evaluation (ELBO, IWAE, k̂, active units), ``hlvm
 compare``, sampling (by running ``model`` forward with ``x`` unobserved, :func:`hlvm.sample`) and
@@ -79,7 +81,7 @@ def check_hierarchy(hierarchy, name: str | None = None) -> None:
             override_steps(chains_of(hierarchy), lambda s: min(s, 2)):
         try:
             model_trace = poutine.trace(hierarchy.model).get_trace(x)
-            poutine.trace(hierarchy.guide).get_trace(x)
+            guide_trace = poutine.trace(hierarchy.guide).get_trace(x)
         except Exception as e:
             raise ValueError(f"{name}: model(x)/guide(x) failed on a batch of shape {tuple(x.shape)}: "
                              f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from e
@@ -93,3 +95,8 @@ def check_hierarchy(hierarchy, name: str | None = None) -> None:
                          f"pyro.plate({PLATE!r}, batch_size) (found plates {sorted(frames) or 'none'})")
     if math.prod(site["value"].shape[:1]) != x.shape[0]:
         raise ValueError(f"{name} breaks the Hierarchy contract: the site {SITE!r} must have the batch first")
+    has_params = callable(getattr(hierarchy, "parameters", None)) and any(True for _ in hierarchy.parameters())
+    seen = [n for tr in (model_trace, guide_trace) for n, s in tr.nodes.items() if s["type"] == "param"]
+    if has_params and not seen:
+        raise ValueError(f"{name} breaks the Hierarchy contract: it has parameters but model/guide register none "
+                         "with Pyro (decorate them with @pyro.nn.pyro_method in a PyroModule, or call pyro.module)")

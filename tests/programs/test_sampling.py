@@ -15,13 +15,12 @@ Standard errors for n samples of a Gaussian with covariance C: SE(mean_i) = sqrt
 SE(S_ij) = sqrt((C_ii C_jj + C_ij²)/(n − 1)) for the sample covariance S.
 """
 
-import math
-
 import pyro
 import pytest
 import torch
+from pyro.nn import PyroModule
 
-from hlvm.diffusion.denoiser import Denoiser
+import hlvm
 from hlvm.programs.chain import DiffusionChain
 from hlvm.programs.likelihoods import GaussianLikelihood
 from hlvm.diffusion.oracle import GaussianOracle
@@ -64,7 +63,9 @@ def _build(factory):
 def _sample(m, n, return_mean):
     if isinstance(m, VDM) and m.T is None:
         return m.sample(n, steps=16, return_mean=return_mean)  # any grid serves a continuous-time model
-    return m.sample(n, return_mean=return_mean)
+    if isinstance(m, VDM):
+        return m.sample(n, return_mean=return_mean)
+    return hlvm.sample(m, n, return_mean=return_mean)  # the program run forward (no sample method)
 
 
 @pytest.mark.parametrize("name", list(BINARY_MODELS))
@@ -129,7 +130,7 @@ def _gaussian():
 
 def _oracle_chain():
     mean, cov = _gaussian()
-    chain = DiffusionChain(Denoiser(GaussianOracle(mean, cov), "x"), LinearSchedule(*GAMMA_RANGE),
+    chain = DiffusionChain(GaussianOracle(mean, cov), LinearSchedule(*GAMMA_RANGE),
                            GaussianLikelihood((2,)), T=None)
     return chain.to(DEVICE), mean, cov
 
@@ -244,3 +245,68 @@ def test_langevin_without_corrector_is_ancestral_sampling():
     law_m, law_c = exact_sampler_law(mean, cov, 100)
     pyro.set_rng_seed(5)
     _assert_moments(chain.langevin_sample(N, steps=100, corrector_steps=0), law_m, law_c, what="predictor only")
+
+
+# ---------------------------------------------------------------------------------------------
+# sampling any hierarchy by running its program forward (hlvm.sample)
+# ---------------------------------------------------------------------------------------------
+class _OracleDiffusion(PyroModule):
+    """A hierarchy written only to the contract around the oracle chain: no sample method."""
+
+    def __init__(self, T):
+        super().__init__()
+        mean, cov = _gaussian()
+        self.data_shape = (2,)
+        self.chain = DiffusionChain(GaussianOracle(mean, cov), LinearSchedule(*GAMMA_RANGE), GaussianLikelihood((2,)), T=T)
+
+    def model(self, x):
+        with pyro.plate("data", x.shape[0]):
+            return self.chain.model("x", x)
+
+    def guide(self, x):
+        with pyro.plate("data", x.shape[0]):
+            return self.chain.guide(x)
+
+
+@pytest.mark.parametrize("T,steps", [(20, None), (None, 20)])
+def test_program_run_forward_has_the_exact_sampler_law(T, steps):
+    """hlvm.sample runs the Pyro model with x unobserved: a 20-step chain (discrete T = 20, or the
+    continuous-time chain traced with 20 steps) has the closed-form law of 20 ancestral steps."""
+    h = _OracleDiffusion(T).to(DEVICE)
+    mean, cov = _gaussian()
+    law_m, law_c = exact_sampler_law(mean, cov, 20)
+    pyro.set_rng_seed(6)
+    x = hlvm.sample(h, N, steps=steps, return_mean=False)
+    assert x.shape == (N, 2)
+    _assert_moments(x, law_m, law_c, what="program run forward, 20 steps")
+
+
+def _assert_same_law(a, b, what):
+    """Two-sample test on the first two moments: means and covariances within 5 SE of each other."""
+    a, b = a.flatten(1).double().cpu(), b.flatten(1).double().cpu()
+    n = a.shape[0]
+    ca, cb = torch.cov(a.T), torch.cov(b.T)
+    c = (ca + cb) / 2
+    d = torch.diagonal(c)
+    se_m = (2 * d / n).sqrt()
+    se_c = (2 * (d[:, None] * d[None, :] + c**2) / (n - 1)).sqrt()
+    err_m, err_c = (a.mean(0) - b.mean(0)).abs(), (ca - cb).abs()
+    assert bool((err_m < 5 * se_m).all()) and bool((err_c < 5 * se_c).all()), (
+        f"{what}: mean difference {err_m.tolist()} (5 SE {(5 * se_m).tolist()}); covariance difference "
+        f"{err_c.tolist()} (5 SE {(5 * se_c).tolist()})")
+
+
+@pytest.mark.parametrize("T", [4, None])
+def test_vdm_sampler_equals_the_program_in_law(T):
+    """VDM.sample (the zoo's fast ancestral sampler, no Pyro) and hlvm.sample (the Pyro program run
+    forward) draw from the same law: a VDM with an untrained 2-layer MLP denoiser on 3-D data."""
+    pyro.set_rng_seed(2)
+    vdm = VDM((3,), likelihood="continuous", T=T, width=16, depth=1, gamma_min=-6.0, gamma_max=6.0).to(DEVICE)
+    steps = None if T else 4
+    pyro.set_rng_seed(8)
+    fast = vdm.sample(N, steps=steps, return_mean=False)
+    program = hlvm.sample(vdm, N, steps=steps, return_mean=False)
+    assert fast.shape == program.shape == (N, 3)
+    _assert_same_law(fast, program, f"VDM T={T}")
+    # and the means of p(x | z_0) the same way
+    _assert_same_law(vdm.sample(N, steps=steps, return_mean=True), hlvm.sample(vdm, N, steps=steps), f"VDM T={T}, means")
