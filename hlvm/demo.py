@@ -14,15 +14,9 @@ import math
 import torch
 
 from .data import load_dataset
-from .diffusion.gaussian import diffusion_kl, prior_kl
+from .diffusion.gaussian import alpha_sigma, diffusion_kl, pad_gamma, prior_kl
+from .diffusion.oracle import GaussianOracle
 from .diffusion.schedules import CosineSchedule, LinearSchedule
-
-
-def _oracle(mean, var):
-    def x_hat(z_t, gamma_t):
-        a2, s2 = torch.sigmoid(-gamma_t), torch.sigmoid(gamma_t)
-        return mean + a2.sqrt() * var / (a2 * var + s2) * (z_t - a2.sqrt() * mean)
-    return x_hat
 
 
 def diffusion_loss(x, x_hat_fn, schedule, T, n_mc=8, generator=None):
@@ -35,8 +29,10 @@ def diffusion_loss(x, x_hat_fn, schedule, T, n_mc=8, generator=None):
         for ti in t.split(256):
             g_t = schedule(ti)  # (n,)
             eps = torch.randn((ti.numel(),) + x.shape, dtype=torch.float64, generator=generator)
-            z_t = torch.sigmoid(-g_t).sqrt().view(-1, 1, 1) * x + torch.sigmoid(g_t).sqrt().view(-1, 1, 1) * eps
-            err = (x - x_hat_fn(z_t, g_t.view(-1, 1, 1))).pow(2).sum(-1)  # (n, B)
+            g = pad_gamma(g_t, eps)  # (n,) -> (n, 1, 1) against (n, B, D)
+            alpha_t, sigma_t = alpha_sigma(g)
+            z_t = alpha_t * x + sigma_t * eps
+            err = (x - x_hat_fn(z_t, g)).pow(2).sum(-1)  # (n, B)
             if T is None:
                 w = 0.5 * schedule.dgamma_dt(ti) * torch.exp(-g_t) / nodes  # ½ γ' SNR dt
             else:
@@ -53,6 +49,7 @@ def run_demo(batch_size: int = 64, seed: int = 0) -> dict:
     train = data.train.reshape(len(data.train), -1).double() * 2 - 1  # (N, 784)
     mean, var = train.mean(0), train.var(0).clamp_min(1e-3)
     bpd = 1 / (d * math.log(2))
+    oracle = GaussianOracle(mean, torch.diag(var))  # independent pixels: E[x | z_t] per pixel
     print(f"hlvm demo: {batch_size} test images of {data.name} ({data.kind}, D = {d}), x ∈ {{−1, 1}}")
     print("per-pixel Gaussian oracle denoiser fitted on the 4,000 training images\n")
     out = {}
@@ -66,7 +63,7 @@ def run_demo(batch_size: int = 64, seed: int = 0) -> dict:
         print(f"  prior KL(q(z_1|x) ‖ N(0,I))       {kl1:10.3f} nats/image  {kl1 * bpd:.5f} bits/dim")
         g = torch.Generator().manual_seed(seed)
         for T in (10, 100, 1000, None):
-            L = diffusion_loss(x, _oracle(mean, var), schedule, T, n_mc=2, generator=g).mean().item()
+            L = diffusion_loss(x, oracle, schedule, T, n_mc=2, generator=g).mean().item()
             label = "∞" if T is None else str(T)
             print(f"  diffusion loss L_T, T = {label:>5}      {L:10.3f} nats/image  {L * bpd:.5f} bits/dim")
             out[(name, T)] = L
