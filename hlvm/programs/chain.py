@@ -96,6 +96,16 @@ class DiffusionChain(nn.Module):
             raise ValueError(f"trace_steps must be >= 1, got {trace_steps}")
         self.denoiser, self.schedule, self.likelihood = denoiser, schedule, likelihood
         self.T, self.name, self.trace_steps = T, name, trace_steps
+        self._check_grid(T, "T")
+
+    def _check_grid(self, steps, what):
+        """A schedule defined on a grid (DDPM's N β's: N − 1 steps) is used on sub-grids only."""
+        defined = getattr(self.schedule, "discrete_steps", None)
+        if defined is not None and (steps is None or defined % steps):
+            allowed = [k for k in range(1, defined + 1) if defined % k == 0]
+            raise ValueError(f"{what}={steps} does not fit {type(self.schedule).__name__}, which defines noise levels "
+                             f"at {defined} steps only; use a divisor of {defined} ({allowed}) so every level is "
+                             "one of the schedule's own (no interpolation)")
 
     @property
     def steps(self) -> int:
@@ -169,6 +179,7 @@ class DiffusionChain(nn.Module):
     def sample(self, n: int, steps: int | None = None, generator=None, return_mean: bool = False, like=None):
         """Ancestral samples of y on a ``steps`` grid (default T; 1000 in continuous time)."""
         steps = steps or (self.T if self.T is not None else 1000)
+        self._check_grid(steps, "steps")
         return sampling.ancestral_sample(self.denoiser, self.schedule, self.likelihood, n, steps, self._ref(like),
                                          generator=generator, return_mean=return_mean)
 
@@ -180,6 +191,7 @@ class DiffusionChain(nn.Module):
     def langevin_sample(self, n: int, steps: int = 100, corrector_steps: int = 1, snr: float = 0.16,
                         generator=None, return_mean: bool = False, like=None):
         """Predictor–corrector annealed Langevin sampling (:func:`hlvm.diffusion.sampling.langevin_sample`)."""
+        self._check_grid(steps, "steps")
         return sampling.langevin_sample(self.denoiser, self.schedule, self.likelihood, n, steps, self._ref(like),
                                         corrector_steps, snr, generator=generator, return_mean=return_mean)
 

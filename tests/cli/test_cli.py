@@ -67,14 +67,19 @@ def test_sample_writes_png(trained, tmp_path, extra):
 def test_compare_writes_report(tmp_path):
     out = tmp_path / "cmp"
     r = hlvm("compare", "--models", "vae,hvae-td,vdm", "--data", "digits", "--steps", "4", "--batch-size", "32",
-             "--K", "30", "--iwae-examples", "8", "--iwae-steps", "4", "--eval-examples", "64", "--no-progress", "--out", out)
+             "--K", "30", "--iwae-examples", "8", "--eval-examples", "64", "--pfode-examples", "4", "--no-progress",
+             "--out", out)
     assert r.returncode == 0, r.stderr
     rep = json.load(open(out / "report.json"))
     assert [row["model"] for row in rep["rows"]] == ["vae", "hvae-td", "vdm"]
     for row in rep["rows"]:
         # same units: bits/dim = −ELBO / (D ln 2) with D = 64 for the 8×8 digits
         assert row["bpd"] == pytest.approx(-row["elbo"] / (64 * 0.6931471805599453), rel=1e-9)
-        assert row["params"] > 0 and row["sec_per_epoch"] > 0
+        assert row["params"] > 0 and row["sec_per_epoch"] > 0 and row["elbo_se"] > 0
+    vae, _, vdm = rep["rows"]
+    # one model per row: the continuous-time VDM has no IWAE entry; its PF-ODE bound takes the place
+    assert vae["iwae"] is not None and vae["pfode"] is None
+    assert vdm["iwae"] is None and vdm["pfode"] < 0 and vdm["pfode_nfe"] > 0 and vdm["pfode_s_per_image"] > 0
     md = open(out / "report.md").read()
     assert "| vae |" in md and "| vdm |" in md
     for f in ["elbo_curves.png", "breakdown.png", "samples_vae.png", "reconstructions_vdm.png"]:
@@ -83,17 +88,20 @@ def test_compare_writes_report(tmp_path):
 
 def test_compare_and_sample_user_hierarchies(tmp_path):
     """Hierarchies with nothing but model/guide/data_shape go through compare (ELBO, IWAE, samples,
-    diagrams in the report) and sample from their checkpoint — the README's own example included."""
+    diagrams in the report) and sample from their checkpoint — the README's own example included.
+    ``--T 8`` reaches only the model that has a T: its latent diffusion is then a discrete 8-step
+    chain, whose IWAE bound is of the model itself (a continuous-time chain gets none: one model per row)."""
     latent = os.path.join(ROOT, "examples", "user_hierarchy.py") + ":LatentDiffusionVAE"
     two_level = os.path.join(ROOT, "tests", "programs", "contract_models.py") + ":TwoLevelGaussianHVAE"
     out = tmp_path / "cmp"
     r = hlvm("compare", "--models", f"vae,{latent},{two_level}", "--data", "digits", "--steps", "20", "--batch-size",
-             "32", "--K", "30", "--iwae-examples", "8", "--eval-examples", "64", "--no-progress", "--out", out)
+             "32", "--K", "30", "--iwae-examples", "8", "--eval-examples", "64", "--T", "8", "--no-progress", "--out", out)
     assert r.returncode == 0, r.stderr
     rep = json.load(open(out / "report.json"))
     assert [row["model"] for row in rep["rows"]] == ["vae", latent, two_level]
     for row, tag in zip(rep["rows"], ["vae", "user_hierarchy-LatentDiffusionVAE", "contract_models-TwoLevelGaussianHVAE"]):
         assert row["elbo"] < 0 and row["iwae"] is not None and row["iwae"] < 0, row
+        assert row["pfode"] is None  # the latent chain is not over the data
         assert _is_png(out / f"samples_{tag}.png"), tag
         if shutil.which("dot"):
             assert _is_png(out / f"diagram_{tag}.png"), tag
@@ -112,8 +120,9 @@ def test_compare_and_sample_user_hierarchies(tmp_path):
     (["train", "vae", "--epochs", "-1"], "--epochs must be >= 0"),
     (["train", "vae", "--batch-size", "0"], "--batch-size must be >= 1"),
     (["train", "vae", "--device", "tpu"], "--device must be cpu or cuda"),
-    (["train", "vae", "--data", "mnist", "--data-dir", "/proc/1/nonexistent/dir"], "could not read or download"),
-    (["train", "vae", "--data", "mnist"], "needs --data-dir"),
+    (["train", "vae", "--data", "mnist", "--data-dir", "/proc/1/nonexistent/dir"], "does not exist"),
+    (["train", "vae", "--data", "fashion-mnist"], "needs --data-dir"),
+    (["train", "vae", "--data", "cifar10", "--data-dir", "/tmp"], "could not read 'cifar10'"),
     (["train", "vae", "--resume", "--out", "/nonexistent/run"], "no checkpoint"),
     (["sample", "vae", "--checkpoint", "/nonexistent/ck.pt"], "does not exist"),
     (["compare", "--models", "vae,bogus"], "unknown model 'bogus'"),

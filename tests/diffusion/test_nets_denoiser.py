@@ -426,3 +426,18 @@ def test_gaussian_oracle_validation(dtype):
         GaussianOracle(torch.zeros(3, dtype=dtype), torch.eye(2, dtype=dtype))
     with pytest.raises(ValueError, match="positive definite"):
         GaussianOracle(torch.zeros(2, dtype=dtype), torch.tensor([[1.0, 2.0], [2.0, 1.0]], dtype=dtype))
+
+
+def test_gaussian_oracle_is_a_denoiser(gaussian3, tol):
+    """The oracle predicts every target a Denoiser does: its score is the exact marginal score
+    ∇ log N(z; αμ, α²Σ + σ²I) = −(α²Σ + σ²I)⁻¹(z − αμ), and ε̂ = −σ ŝ."""
+    mean, cov = gaussian3
+    oracle = GaussianOracle(mean, cov)
+    z = torch.randn(6, 3, dtype=mean.dtype, device=mean.device)
+    gamma = torch.linspace(-4.0, 3.0, 6, dtype=mean.dtype, device=mean.device)
+    a2, s2 = torch.sigmoid(-gamma), torch.sigmoid(gamma)
+    eye = torch.eye(3, dtype=mean.dtype, device=mean.device)
+    exact = torch.stack([-torch.linalg.solve(a2[i] * cov + s2[i] * eye, z[i] - a2[i].sqrt() * mean) for i in range(6)])
+    torch.testing.assert_close(oracle.score(z, gamma), exact, **tol)
+    torch.testing.assert_close(oracle.eps_hat(z, gamma), -s2.sqrt()[:, None] * exact, **tol)
+    assert not oracle.needs_dgamma and oracle.parameterization == "x"
