@@ -66,3 +66,22 @@ def test_corrupt_and_missing_files_name_the_file(tmp_path):
     with pytest.raises(ValueError, match="does not exist"):
         mnist_arrays(str(tmp_path / "nowhere"))
     assert not (tmp_path / "nowhere").exists()  # nothing created in someone's data dir
+
+
+def test_cli_names_a_corrupt_copy_in_one_line(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    d = _copy(tmp_path)
+    bad = d / "train-images-idx3-ubyte.gz"
+    bad.write_bytes(bad.read_bytes()[:-10])  # truncated
+    r = subprocess.run([sys.executable, "-m", "hlvm.cli", "train", "vae", "--data", "mnist", "--data-dir", str(tmp_path),
+                        "--steps", "1", "--out", str(tmp_path / "run")], capture_output=True, text=True, timeout=300,
+                       env=dict(os.environ, PYTHONPATH=str(ROOT)), cwd=ROOT)
+    assert r.returncode == 2, r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and "train-images-idx3-ubyte.gz is corrupt: MD5" in lines[0], r.stderr
+    assert not (tmp_path / "run").exists()  # refused before any work

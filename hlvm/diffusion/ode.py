@@ -119,7 +119,8 @@ def ode_log_density(denoiser, schedule, z_0: torch.Tensor, *, exact: bool | None
 def pf_ode_bound(denoiser, schedule, likelihood, y: torch.Tensor, samples: int = 1, **ode_options) -> dict:
     """Per-example bound on log p(y) through the decoder p(y | z_0), with z_0 ∼ q(z_0 | y)
     (``samples`` draws averaged).  Returns ``bound`` (B,), ``se`` (B,) — the standard error of the
-    average over draws (and Hutchinson probes) —, ``nfe`` (mean per solve) and ``seconds``."""
+    average over draws (and Hutchinson probes); NaN for a single draw —, ``nfe`` (mean per solve)
+    and ``seconds``."""
     x = likelihood.to_model_space(y)
     g_0 = schedule.gamma(torch.zeros((), dtype=x.dtype, device=x.device))
     alpha_0, sigma_0 = alpha_sigma(g_0)
@@ -133,6 +134,8 @@ def pf_ode_bound(denoiser, schedule, likelihood, y: torch.Tensor, samples: int =
         probe_var = probe_var + ode.se.pow(2)
         nfe, seconds = nfe + ode.nfe, seconds + ode.seconds
     v = torch.stack(values)  # (samples, B)
-    draw_var = v.var(0) / samples if samples > 1 else torch.zeros_like(v[0])
-    se = (draw_var + probe_var / samples**2).sqrt()
+    if samples > 1:
+        se = (v.var(0) / samples + probe_var / samples**2).sqrt()
+    else:  # one draw of z_0: its noise cannot be estimated
+        se = torch.full_like(v[0], float("nan"))
     return {"bound": v.mean(0), "se": se, "nfe": nfe / samples, "seconds": seconds}

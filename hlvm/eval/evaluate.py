@@ -120,7 +120,7 @@ def evaluate(model, data, elbo=None, batch_size: int = 500, K: int = 0, iwae_bat
       ``-Infinity``.)
     * with ``pfode``: ``pfode`` (the mean bound on log p(x), nats), ``pfode_nats``, ``pfode_bpd``,
       ``pfode_se`` (over examples), ``pfode_mc_se`` (of the Monte Carlo average over draws and
-      probes), ``pfode_nfe`` (mean drift evaluations per solve), ``pfode_seconds`` and
+      probes; NaN with ``pfode_samples=1``), ``pfode_nfe`` (mean drift evaluations per solve), ``pfode_seconds`` and
       ``pfode_samples``.
 
     Runs under :func:`torch.no_grad` with ``model.eval()`` (training mode restored).
