@@ -84,17 +84,47 @@ def _eps_error(denoiser, x, g_t, dg_t, generator=None) -> torch.Tensor:
     return (eps - eps_hat).pow(2).flatten(1).sum(-1)  # (N, ...) -> (N,)
 
 
+class _GradTimes(torch.autograd.Function):
+    """Identity forward; backward multiplies the gradient by ``box["scale"]`` (filled in later)."""
+
+    @staticmethod
+    def forward(ctx, x, box):
+        ctx.box = box
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad * ctx.box["scale"], None
+
+
 def diffusion_loss(denoiser, schedule, T: int | None, x: torch.Tensor, t: torch.Tensor, weighting=None,
-                   generator=None) -> tuple[torch.Tensor, torch.Tensor]:
+                   generator=None, variance_schedule: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """The diffusion term at times t: ``(term, weighted)``, each (N,), for x (N, ...) in model space.
 
     term = ½ T expm1(γ_t − γ_s) ‖ε − ε̂‖² (discrete; its mean over i ∼ U{1..T} is L_T) or
     ½ γ'(t) ‖ε − ε̂‖² (continuous); ``weighted`` multiplies it by w(λ_t) (same when w is None).
+
+    ``variance_schedule`` (continuous time, a schedule with ``parts``): the schedule's *interior*
+    receives the gradient of Σ term² instead of Σ term — 2·term times the ELBO gradient, per draw —
+    so that it minimises the Monte Carlo variance of the estimator while its endpoints, on which the
+    expectation alone depends, follow the ELBO (Kingma et al. 2021, §5 and App. I.1).
     """
-    g_t = schedule.gamma(t)  # (N,)
-    needs_dg = T is None or getattr(denoiser, "needs_dgamma", False)
-    dg_t = schedule.dgamma_dt(t) if needs_dg else None
+    box = None
+    if variance_schedule and T is None:
+        if not hasattr(schedule, "parts"):
+            raise ValueError(f"the variance objective needs a schedule with a learned interior ('learned-net'), "
+                             f"not {type(schedule).__name__}")
+        box = {"scale": None}
+        g0, gap, frac, dfrac = schedule.parts(t)
+        g_t = g0 + gap * _GradTimes.apply(frac, box)  # (N,)
+        dg_t = gap * _GradTimes.apply(dfrac, box)
+    else:
+        g_t = schedule.gamma(t)  # (N,)
+        needs_dg = T is None or getattr(denoiser, "needs_dgamma", False)
+        dg_t = schedule.dgamma_dt(t) if needs_dg else None
     err = _eps_error(denoiser, x, g_t, dg_t, generator)
+    if box is not None:
+        box["scale"] = 2 * (0.5 * dg_t * err).detach()  # ∂(term²)/∂term, read when backward runs
     if T is None:
         term = 0.5 * dg_t * err
     else:
@@ -148,14 +178,15 @@ def _exact_diffusion(denoiser, schedule, T, x, nodes, weighting, max_batch):
 
 
 def diffusion_bound(denoiser, schedule, likelihood, T: int | None, y: torch.Tensor, *, sampler=None, num_t: int = 1,
-                    exact: bool = False, nodes: int = 1000, weighting=None, max_batch: int = 8192) -> BoundTerms:
+                    exact: bool = False, nodes: int = 1000, weighting=None, max_batch: int = 8192,
+                    variance_schedule: bool = False) -> BoundTerms:
     """The per-example bound of y (B, ...) under the chain (denoiser, schedule, likelihood, T).
 
     Monte Carlo over time: ``num_t`` draws per example from ``sampler(n, device, dtype) → (t, w)``
     (importance weights w; :class:`~hlvm.diffusion.timesteps.TimestepSampler`), all in one
     denoiser call.  ``exact``: the mean over all T steps, or in continuous time ``nodes``
     stratified nodes in γ with per-example offsets (:func:`_exact_diffusion`), in chunks of at
-    most ``max_batch`` rows.
+    most ``max_batch`` rows.  ``variance_schedule``: see :func:`diffusion_loss`.
     """
     x = likelihood.to_model_space(y)
     b = y.shape[0]
@@ -166,7 +197,7 @@ def diffusion_bound(denoiser, schedule, likelihood, T: int | None, y: torch.Tens
         return BoundTerms(reconstruction, prior, diffusion, positions, per_t, var)
     t, w = sampler(b * num_t, device=x.device, dtype=x.dtype)
     xx = x.repeat((num_t,) + (1,) * (x.dim() - 1))  # (num_t·B, ...)
-    term, weighted = diffusion_loss(denoiser, schedule, T, xx, t, weighting)
+    term, weighted = diffusion_loss(denoiser, schedule, T, xx, t, weighting, variance_schedule=variance_schedule)
     if hasattr(sampler, "update"):
         sampler.update(t, term)
     diffusion = (w * weighted).view(num_t, b).mean(0)

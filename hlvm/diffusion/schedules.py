@@ -208,6 +208,10 @@ class LearnedLinearSchedule(NoiseSchedule):
         t = check_time(t)
         return self.gap.expand_as(t).to(t.dtype)
 
+    def parts(self, t):
+        """(γ_min, γ_max − γ_min, frac(t), frac'(t)) with γ = γ_min + gap · frac: here frac(t) = t."""
+        return self.g0, self.gap, t, torch.ones_like(t)
+
 
 class _PositiveLinear(nn.Module):
     """A linear layer whose weights are softplus-positive, so it is monotone increasing."""
@@ -253,16 +257,31 @@ class MonotoneNetSchedule(NoiseSchedule):
         h = self.l1(t.unsqueeze(-1))  # (..., 1)
         return (h + self.l3(torch.sigmoid(self.l2(h)))).squeeze(-1)
 
-    def gamma(self, t):
+    def _frac(self, t):
+        """The normalised interior frac(t) ∈ [0, 1], frac(0) = 0, frac(1) = 1."""
         t = t.to(self.l1.bias.dtype)
         r0, r1 = self._raw(torch.tensor([0.0, 1.0], dtype=t.dtype, device=t.device)).unbind(0)
-        frac = (self._raw(t) - r0) / (r1 - r0)
+        return (self._raw(t) - r0) / (r1 - r0)
+
+    def _endpoints(self):
         if self.learn_endpoints:
-            g0 = self.endpoints.g0
-            gap = self.endpoints.gap
-        else:
-            g0, gap = self.g0, self.g1 - self.g0
-        return g0 + gap * frac
+            return self.endpoints.g0, self.endpoints.gap
+        return self.g0, self.g1 - self.g0
+
+    def gamma(self, t):
+        g0, gap = self._endpoints()
+        return g0 + gap * self._frac(t)
+
+    def parts(self, t):
+        """(γ_min, γ_max − γ_min, frac(t), frac'(t)) with γ = γ_min + gap · frac: the endpoints and
+        the interior apart, for objectives that train them differently (VDM App. I.1)."""
+        t = check_time(t)
+        with torch.enable_grad():
+            t_ = t.detach().requires_grad_(True)
+            frac = self._frac(t_)
+            (dfrac,) = torch.autograd.grad(frac.sum(), t_, create_graph=True)
+        g0, gap = self._endpoints()
+        return g0, gap, frac, dfrac
 
 
 class DDPMSchedule(NoiseSchedule):

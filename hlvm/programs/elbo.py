@@ -55,6 +55,10 @@ class DiffusionELBO(Trace_ELBO):
         weighting: ``"elbo"`` (w ≡ 1) or a weighting of :mod:`hlvm.diffusion.weighting`.
         eval_nodes: nodes of the continuous-time quadrature when ``exact`` (default 1000).
         max_batch: largest denoiser batch used by ``exact``.
+        schedule_objective: ``"elbo"`` (every schedule parameter follows the ELBO) or
+            ``"variance"``: a learned monotone schedule's interior minimises the variance of the
+            continuous-time diffusion loss while its endpoints follow the ELBO (VDM §5, App. I.1;
+            the loss value is unchanged: only the schedule interior's gradient differs).
         **kwargs: passed to :class:`pyro.infer.Trace_ELBO` (``num_particles``, …).
 
     The per-example terms of each chain come back with the trace: :meth:`bound_terms`.
@@ -64,8 +68,12 @@ class DiffusionELBO(Trace_ELBO):
     """
 
     def __init__(self, sampler: str = "antithetic", num_t: int = 1, exact: bool = False,
-                 weighting: str = "elbo", eval_nodes: int = 1000, max_batch: int = 8192, **kwargs):
+                 weighting: str = "elbo", eval_nodes: int = 1000, max_batch: int = 8192,
+                 schedule_objective: str = "elbo", **kwargs):
         super().__init__(**kwargs)
+        if schedule_objective not in ("elbo", "variance"):
+            raise ValueError(f"unknown schedule_objective {schedule_objective!r}; expected 'elbo' or 'variance'")
+        self.schedule_objective = schedule_objective
         if num_t < 1:
             raise ValueError(f"num_t must be >= 1, got {num_t}")
         self.sampler_kind = sampler
@@ -112,7 +120,8 @@ class DiffusionELBO(Trace_ELBO):
             sampler = self.sampler_for(chain).to(y.device)
         return diffusion_bound(chain.denoiser, chain.schedule, chain.likelihood, chain.T, y, sampler=sampler,
                                num_t=self.num_t, exact=self.exact, nodes=self.eval_nodes,
-                               weighting=self.weighting, max_batch=self.max_batch)
+                               weighting=self.weighting, max_batch=self.max_batch,
+                               variance_schedule=self.schedule_objective == "variance")
 
     def bound_terms(self, model, guide, *args, **kwargs) -> dict[str, BoundTerms]:
         """{chain name: BoundTerms} from one draw: the guide traced and the model replayed on it."""
