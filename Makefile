@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 DEMO_STEPS ?= 2000
 
-.PHONY: demo test install graphviz bench render clean
+.PHONY: demo test install graphviz bench render results clean
 
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "error: $(PYTHON) not found (see .python-version)"; exit 2; }
@@ -36,6 +36,11 @@ test: install
 
 bench: install
 	$(PY) benchmarks/run_all.py
+
+# The long job (never in CI; resumable: rerun to continue): the zoo on full MNIST → docs/results.md.
+# `make results DEVICE=cuda` runs the GPU profile.
+results: install
+	$(VENV)/bin/hlvm results $(if $(filter cuda,$(DEVICE)),--profile gpu --device cuda,--profile cpu)
 
 render: install
 	$(VENV)/bin/hlvm render all --out docs --format png

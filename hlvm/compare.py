@@ -20,7 +20,7 @@ from dataclasses import replace
 import torch
 
 from .data import load_dataset
-from .eval.evaluate import ParetoKWarning, data_chain, evaluate
+from .eval.evaluate import ParetoKWarning, evaluate, has_data_chain
 from .train import TrainConfig, Trainer
 from .programs.chain import chains_of
 from .programs.sample import draw
@@ -45,14 +45,6 @@ def format_table(rows: list[dict]) -> str:
             cells.append("–" if v is None or (isinstance(v, float) and math.isnan(v)) else fmt.format(v))
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
-
-
-def _has_data_chain(model) -> bool:
-    try:
-        data_chain(model)
-        return True
-    except ValueError:
-        return False
 
 
 def run_compare(models: list[str], base: TrainConfig, out: str, K: int = 50, iwae_examples: int = 100,
@@ -102,14 +94,14 @@ def _evaluate_row(name, trainer, result, data, seed, settings, log):
     K, n_iwae, n_pf = settings["K"], settings["iwae_examples"], settings["pfode_examples"]
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", ParetoKWarning)
-        ev = evaluate(model, test[:settings["eval_examples"]], elbo=trainer.estimator, seed=seed)
-        iw = (evaluate(model, test[:n_iwae], elbo=trainer.estimator, K=K, seed=seed, breakdown=False)
+        ev = evaluate(model, test[:settings["eval_examples"]], elbo=trainer.bound_estimator, seed=seed)
+        iw = (evaluate(model, test[:n_iwae], elbo=trainer.bound_estimator, K=K, seed=seed, breakdown=False)
               if K and n_iwae and not continuous else {})
     for w in caught:
         if issubclass(w.category, ParetoKWarning):
             log(f"   warning ({name}): {w.message}")
-    pf = (evaluate(model, test[:n_pf], elbo=trainer.estimator, seed=seed, breakdown=False, pfode=True,
-                   pfode_samples=settings["pfode_samples"]) if n_pf and _has_data_chain(model) else {})
+    pf = (evaluate(model, test[:n_pf], elbo=trainer.bound_estimator, seed=seed, breakdown=False, pfode=True,
+                   pfode_samples=settings["pfode_samples"]) if n_pf and has_data_chain(model) else {})
     row = {"model": name, "elbo": ev["elbo"], "elbo_se": ev["nats_se"], "bpd": ev["bpd"],
            "iwae": iw.get("iwae"), "iwae_se": iw.get("iwae_se"), "iwae_bpd": iw.get("iwae_bpd"),
            "khat_max": iw.get("khat_max"), "khat_mean": iw.get("khat_mean"),

@@ -21,17 +21,20 @@ import math
 import os
 import random
 import time
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import pyro
 import torch
 import torch.distributed as dist
-from pyro.infer import SVI
+from pyro.infer import SVI, TraceMeanField_ELBO
 
 from . import optim as hlvm_optim
 from .data import DataSplit, load_dataset
 from .eval import evaluate
+from .programs.anneal import ScaleLatents, warmup_beta
+from .programs.free_bits import FreeBitsELBO
 from .estimators import make_estimator
 from .registry import build_model
 
@@ -69,6 +72,8 @@ class TrainConfig:
     eval_examples: int = 1000
     checkpoint_every: int = 0
     grad_shards: int = 1
+    kl_warmup: int = 0
+    free_bits: float = 0.0
     progress: bool = True
     model_kwargs: dict = field(default_factory=dict)
 
@@ -87,6 +92,10 @@ class TrainConfig:
             raise ValueError(f"--layers must be >= 1, got {self.layers}")
         if not 0 <= self.ema < 1:
             raise ValueError(f"--ema must be in [0, 1), got {self.ema}")
+        if not self.free_bits >= 0:
+            raise ValueError(f"--free-bits must be >= 0, got {self.free_bits}")
+        if self.kl_warmup < 0:
+            raise ValueError(f"--kl-warmup must be >= 0, got {self.kl_warmup}")
         if self.grad_shards < 1:
             raise ValueError(f"grad_shards must be >= 1, got {self.grad_shards}")
         if self.device not in ("cpu", "cuda") and not self.device.startswith("cuda:"):
@@ -171,7 +180,14 @@ class Trainer:
         self.model = build_model(cfg.model, self.data.shape, self.data.kind, T=cfg.T, layers=cfg.layers,
                                  **cfg.model_kwargs).to(self.device)
         self.dtype = next(self.model.parameters()).dtype
-        self.estimator = make_estimator(cfg.estimator, self.model)
+        #: the ELBO: what every evaluation reports
+        self.bound_estimator = make_estimator(cfg.estimator, self.model)
+        #: the training objective: the ELBO, or with --free-bits its free-bits version
+        self.estimator = self.bound_estimator
+        if cfg.free_bits > 0:
+            if not isinstance(self.bound_estimator, TraceMeanField_ELBO):
+                raise ValueError("--free-bits needs analytic per-layer KLs: a model whose estimator is TraceMeanField_ELBO")
+            self.estimator = FreeBitsELBO(cfg.free_bits)
         self.optim = hlvm_optim.Adam({"lr": cfg.lr})  # one torch Adam over all parameters
         self.svi = SVI(self.model.model, self.model.guide, self.optim, loss=self._loss, loss_and_grads=self._loss_and_grads)
         self.gen = torch.Generator().manual_seed(cfg.seed)
@@ -208,7 +224,9 @@ class Trainer:
         devices = [self.device] if self.device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices):
             torch.manual_seed(_shard_seed(self.cfg.seed, self.step, shard_index))
-            with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=self.cfg.amp):
+            beta = warmup_beta(self.step, self.cfg.kl_warmup)
+            scaled = ScaleLatents(beta) if differentiable and beta < 1.0 else nullcontext()
+            with scaled, torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=self.cfg.amp):
                 if differentiable:
                     loss = self.estimator.differentiable_loss(model, guide, xs)
                     loss.backward()
@@ -262,7 +280,7 @@ class Trainer:
         n = min(n or self.cfg.eval_examples, self.data.test.shape[0])
         self.swap_ema()
         try:
-            ev = evaluate(self.model, self.data.test[:n], elbo=self.estimator, batch_size=batch_size,
+            ev = evaluate(self.model, self.data.test[:n], elbo=self.bound_estimator, batch_size=batch_size,
                           seed=self.cfg.seed + 1, breakdown=False)
         finally:
             self.swap_ema()

@@ -12,7 +12,7 @@ import sys
 
 __all__ = ["main", "CLIError", "COMMANDS"]
 
-COMMANDS = ("demo", "train", "compare", "sample", "render")
+COMMANDS = ("demo", "train", "compare", "sample", "render", "results")
 
 
 class CLIError(Exception):

@@ -45,7 +45,7 @@ from .active import ActiveUnits
 from .psis import KHAT_THRESHOLD, MIN_KHAT_SAMPLES, ParetoKWarning, khat_summary, pareto_khat
 from .weights import per_example_log_weights, per_site_terms
 
-__all__ = ["evaluate", "data_chain"]
+__all__ = ["evaluate", "data_chain", "has_data_chain"]
 
 _CHAIN_KEYS = ("reconstruction", "prior", "diffusion", "loss")
 
@@ -246,6 +246,15 @@ def data_chain(model):
         raise ValueError(f"the PF-ODE bound needs a model with one diffusion chain over the data; "
                          f"{type(model).__name__} has {len(chains)} chain(s), {len(over_data)} over data of shape {shape}")
     return over_data[0]
+
+
+def has_data_chain(model) -> bool:
+    """Whether :func:`data_chain` finds the model's diffusion chain over the data."""
+    try:
+        data_chain(model)
+        return True
+    except ValueError:
+        return False
 
 
 def _pfode_loop(model, x, samples, batch, ode_options) -> dict:

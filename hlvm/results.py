@@ -1,0 +1,210 @@
+"""``make results``: the zoo trained on full binarized MNIST, set beside the published numbers.
+
+A long job (never part of the tests), resumable: each model trains through :class:`~hlvm.train.Trainer`
+with a checkpoint per epoch, and each finished row is saved to ``results.json`` at once, so
+rerunning continues from the models and rows already done.  One progress line per model per epoch.
+
+Protocol (``../shared/DESIGN.md``): train on the 60,000 training images with dynamic binarization,
+test on the 10,000 test images binarized once (seed ``hlvm.data.MNIST_TEST_SEED``); test ELBO, the
+IWAE bound (Burda et al. 2016) with K importance samples, the probability-flow ODE bound for
+diffusion models, bits/dim = nats / (784 ln 2), PSIS k̂ and active units.  Every number is a lower
+bound on log p(x) of its row's model, in nats per image; the page shows NLL = −bound beside the
+published NLLs.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import time
+import warnings
+from dataclasses import dataclass, field
+
+import torch
+
+__all__ = ["Profile", "PROFILES", "ROWS", "run_results", "write_page"]
+
+#: (row name, registered model, model options, trainer options) — the rows of the results table
+ROWS = [
+    ("vae", "vae", {}, {}),
+    ("hvae-bu", "hvae-bu", {}, {}),
+    ("hvae-td", "hvae-td", {}, {}),
+    ("vdm", "vdm", {"T": None}, {}),
+    ("vdm-T1000", "vdm", {"T": 1000}, {}),
+]
+
+#: published test NLLs on dynamically binarized MNIST (nats), with their protocols
+ANCHORS = [
+    ("VAE (Burda et al. 2016, 2 stochastic layers)", 86.76, "IWAE bound, K = 5,000"),
+    ("IWAE (Burda et al. 2016, k = 50, 2 layers)", 82.90, "IWAE bound, K = 5,000"),
+    ("LVAE (Sønderby et al. 2016)", 81.74, "importance-weighted bound, K = 5,000"),
+    ("Efficient-VDVAE (Hazami et al. 2022)", 79.09, "importance-weighted bound"),
+    ("NVAE (Vahdat & Kautz 2020)", 78.01, "importance-weighted bound, K = 1,000"),
+    ("BFN (Graves et al. 2023)", 77.87, "variational bound"),
+]
+
+
+@dataclass
+class Profile:
+    """One stated budget for every row."""
+
+    name: str
+    data: str = "mnist"
+    epochs: int = 20
+    steps: int | None = None
+    batch_size: int = 128
+    K: int = 5000
+    iwae_examples: int | None = None  # None: the whole test set
+    iwae_examples_chain: int = 100  # rows whose IWAE runs a T-step chain per sample (VDM T = 1000)
+    K_chain: int = 10
+    eval_examples: int | None = None
+    pfode_examples: int | None = None
+    device: str = "cpu"
+    threads: int = 2
+    model_options: dict = field(default_factory=dict)
+
+
+PROFILES = {
+    "cpu": Profile("cpu", epochs=20, K=5000, iwae_examples=1000, pfode_examples=1000, threads=2),
+    "gpu": Profile("gpu", epochs=200, K=5000, device="cuda", threads=4, iwae_examples_chain=1000, K_chain=50),
+    "smoke": Profile("smoke", data="digits", epochs=None, steps=20, batch_size=64, K=30, iwae_examples=32,
+                     iwae_examples_chain=4, K_chain=2, eval_examples=64, pfode_examples=8, threads=1,
+                     model_options={"vdm": {"width": 32, "depth": 1}}),
+}
+
+
+def _commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                              cwd=os.path.dirname(__file__), timeout=10).stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def _save_json(path: str, payload: dict) -> None:
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w") as f:
+        json.dump(payload, f, indent=1, default=float)
+    os.replace(tmp, path)
+
+
+def run_results(profile: str = "cpu", out: str = "docs", runs: str = "runs/results", device: str | None = None,
+                threads: int | None = None, log=print) -> dict:
+    """Train and evaluate every row of :data:`ROWS` under ``profile``; write ``out/results.{json,md}``."""
+    from .data import default_binarization, load_dataset
+    from .eval import ParetoKWarning, evaluate
+    from .eval.evaluate import has_data_chain
+    from .plots import plot_curves, save_grid
+    from .programs.chain import chains_of
+    from .programs.sample import draw
+    from .train import CHECKPOINT, TrainConfig, Trainer
+
+    if profile not in PROFILES:
+        raise ValueError(f"unknown results profile {profile!r}; expected one of {sorted(PROFILES)}")
+    p = PROFILES[profile]
+    device = device or p.device
+    threads = threads or p.threads
+    torch.set_num_threads(threads)
+    os.makedirs(out, exist_ok=True)
+    path = os.path.join(out, f"results{'' if profile == 'cpu' else '-' + profile}.json")
+    done = json.load(open(path)) if os.path.exists(path) else {"rows": []}
+    finished = {r["row"] for r in done["rows"] if r.get("profile") == profile}
+    data = load_dataset(p.data)
+    test = data.test
+    for row, model, options, trainer_options in ROWS:
+        if row in finished:
+            log(f"== {row}: already in {path}, skipped")
+            continue
+        run_dir = os.path.join(runs, profile, row)
+        opts = dict(options)
+        T = opts.pop("T", None)
+        opts.update(p.model_options.get(model, {}))
+        cfg = TrainConfig(model=model, data=p.data, binarize=default_binarization(p.data), epochs=p.epochs,
+                          steps=p.steps, batch_size=p.batch_size, T=T, device=device, out=run_dir, progress=False,
+                          resume=os.path.exists(os.path.join(run_dir, CHECKPOINT)), model_kwargs=opts,
+                          eval_examples=min(2000, test.shape[0]), **trainer_options)
+        log(f"== {row}: {model} {opts or ''} T={T}, {p.epochs or p.steps} {'epochs' if p.epochs else 'steps'} on {data.name} "
+            f"({device}, {threads} threads){' — resuming' if cfg.resume else ''}")
+        start = time.perf_counter()
+        trainer = Trainer(cfg, data)
+        result = trainer.fit()
+        train_seconds = time.perf_counter() - start
+        m = trainer.model
+        trainer.swap_ema()
+        x = test.to(trainer.device, trainer.dtype)
+        chain_iwae = any(c.T is not None for c in chains_of(m))
+        continuous = any(c.T is None for c in chains_of(m))
+        n_iw = p.iwae_examples_chain if chain_iwae else (p.iwae_examples or x.shape[0])
+        K = p.K_chain if chain_iwae else p.K
+        t0 = time.perf_counter()
+        ev = evaluate(m, x[:p.eval_examples], elbo=trainer.bound_estimator, seed=0)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ParetoKWarning)
+            iw = {} if continuous else evaluate(m, x[:n_iw], elbo=trainer.bound_estimator, K=K, seed=0, breakdown=False,
+                                                iwae_batch=max(1, 20000 // K))
+        pf = (evaluate(m, x[:p.pfode_examples or x.shape[0]], seed=0, breakdown=False, pfode=True)
+              if has_data_chain(m) and not chain_iwae else {})
+        eval_seconds = time.perf_counter() - t0
+        entry = {
+            "row": row, "model": model, "options": {"T": T, **opts}, "profile": profile, "dataset": data.name,
+            "n_train": int(data.train.shape[0]), "n_test": int(test.shape[0]), "n_test_elbo": ev["n_examples"],
+            "test_elbo_nats": ev["elbo"], "test_elbo_se": ev["nats_se"], "bits_per_dim": ev["bpd"],
+            "iwae_nats": iw.get("iwae"), "iwae_se": iw.get("iwae_se"), "iwae_k": iw.get("K"),
+            "n_test_iwae": n_iw if iw else None, "khat_max": iw.get("khat_max"), "khat_mean": iw.get("khat_mean"),
+            "pfode_bound_nats": pf.get("pfode"), "pfode_se": pf.get("pfode_se"), "pfode_nfe": pf.get("pfode_nfe"),
+            "n_test_pfode": pf.get("n_examples"),
+            "active_units": ev.get("active_units_total"), "steps": result["steps"],
+            "epochs": result["steps"] / trainer.steps_per_epoch, "train_seconds": train_seconds,
+            "eval_seconds": eval_seconds, "threads": threads, "device": _device_name(device),
+            "git_commit": _commit(), "seed": cfg.seed, "estimator": type(trainer.estimator).__name__,
+        }
+        stem = os.path.join(out, f"results_{profile}_{row}")
+        plot_curves({row: ([h["step"] for h in trainer.history], [h["test_elbo"] for h in trainer.history])},
+                    stem + "_curve.png")
+        if len(data.shape) == 3:
+            torch.manual_seed(0)
+            save_grid(draw(m, 64).reshape(64, *data.shape).cpu(), stem + "_samples.png", data.kind)
+        entry["figures"] = [os.path.basename(stem + "_curve.png"), os.path.basename(stem + "_samples.png")]
+        done["rows"] = [r for r in done["rows"] if not (r.get("row") == row and r.get("profile") == profile)] + [entry]
+        _save_json(path, done)
+        log(f"   {row}: ELBO {ev['elbo']:.2f} ± {ev['nats_se']:.2f} nats"
+            + (f", IWAE(K={K}) {iw['iwae']:.2f}" if iw else "") + (f", PF-ODE {pf['pfode']:.2f}" if pf else "")
+            + f" ({train_seconds:.0f} s training, {eval_seconds:.0f} s evaluation)")
+    write_page(done, profile, os.path.join(out, f"results{'' if profile == 'cpu' else '-' + profile}.md"))
+    return done
+
+
+def _device_name(device: str) -> str:
+    if str(device).startswith("cuda") and torch.cuda.is_available():
+        return torch.cuda.get_device_name(torch.device(device))
+    return f"CPU ({os.cpu_count()} cores)"
+
+
+def _fmt(v, spec="{:.2f}"):
+    return "–" if v is None or (isinstance(v, float) and math.isnan(v)) else spec.format(v)
+
+
+def write_page(results: dict, profile: str, path: str) -> None:
+    """The results page: the table of rows, the published anchors, the figures."""
+    rows = [r for r in results["rows"] if r.get("profile") == profile]
+    lines = [f"# Results on {rows[0]['dataset'] if rows else 'MNIST'} ({profile} profile)", "",
+             "Produced by `make results` (`hlvm.results`); every number is a lower bound on log p(x) of its row's model, "
+             "nats per image (NLL ≤ −bound), from the run named in its row. Protocol: 60,000 training images dynamically "
+             "binarized, the 10,000 test images binarized once (seed `MNIST_TEST_SEED`).", "",
+             "| row | test ELBO | bits/dim | IWAE (K, images) | PF-ODE bound (images) | k̂ max | active units | epochs | "
+             "train s | threads | device | commit |",
+             "|" + "---|" * 12]
+    for r in rows:
+        iw = f"{_fmt(r['iwae_nats'])} ± {_fmt(r['iwae_se'])} ({r['iwae_k']}, {r['n_test_iwae']})" if r["iwae_nats"] is not None else "–"
+        pf = f"{_fmt(r['pfode_bound_nats'])} ± {_fmt(r['pfode_se'])} ({r['n_test_pfode']})" if r["pfode_bound_nats"] is not None else "–"
+        lines.append(f"| {r['row']} | {_fmt(r['test_elbo_nats'])} ± {_fmt(r['test_elbo_se'])} | {_fmt(r['bits_per_dim'], '{:.4f}')} "
+                     f"| {iw} | {pf} | {_fmt(r['khat_max'])} | {r['active_units']} | {r['epochs']:.1f} | "
+                     f"{r['train_seconds']:.0f} | {r['threads']} | {r['device']} | {r['git_commit']} |")
+    lines += ["", "## Published anchors (test NLL, nats; their budgets are far larger than this profile's)", "",
+              "| model | NLL | protocol |", "|---|---|---|"]
+    lines += [f"| {name} | {nll:.2f} | {proto} |" for name, nll, proto in ANCHORS]
+    lines += [""] + [f"![{r['row']}]({fig})" for r in rows for fig in r.get("figures", [])]
+    with open(path, "w") as f:
+        f.write("\n".join(lines) + "\n")
