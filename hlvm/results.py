@@ -30,7 +30,9 @@ __all__ = ["Profile", "PROFILES", "ROWS", "run_results", "write_page"]
 ROWS = [
     ("vae", "vae", {}, {}),
     ("hvae-bu", "hvae-bu", {}, {}),
-    ("hvae-td", "hvae-td", {}, {}),
+    # the top-down HVAE with the remedies that won on full MNIST at 10 epochs (IWAE_500 on 1,000 test
+    # images: precision merge −98.9 … residual merge + KL warm-up + free bits −98.2; see the closing note)
+    ("hvae-td", "hvae-td", {"merge": "residual"}, {"kl_warmup": 2000, "free_bits": 0.5}),
     ("vdm", "vdm", {"T": None}, {}),
     ("vdm-T1000", "vdm", {"T": 1000}, {}),
 ]
