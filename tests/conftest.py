@@ -82,3 +82,29 @@ def one_intra_op_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+def oracle_diffusion(mean, cov, schedule, T=None):
+    """A hierarchy written only to the contract (model, guide, data_shape): a diffusion chain over
+    Gaussian data x ∼ N(mean, cov) with the Bayes-optimal denoiser and VDM's Gaussian decoder."""
+    from pyro.nn import PyroModule
+
+    from hlvm.diffusion.oracle import GaussianOracle
+    from hlvm.programs.chain import DiffusionChain
+    from hlvm.programs.likelihoods import GaussianLikelihood
+
+    class OracleDiffusion(PyroModule):
+        def __init__(self):
+            super().__init__()
+            self.data_shape = (mean.numel(),)
+            self.chain = DiffusionChain(GaussianOracle(mean, cov), schedule, GaussianLikelihood(self.data_shape), T=T)
+
+        def model(self, x):
+            with pyro.plate("data", x.shape[0]):
+                return self.chain.model("x", x)
+
+        def guide(self, x):
+            with pyro.plate("data", x.shape[0]):
+                return self.chain.guide(x)
+
+    return OracleDiffusion()

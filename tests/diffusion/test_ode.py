@@ -11,16 +11,14 @@ import math
 import pyro
 import pytest
 import torch
-from pyro.nn import PyroModule
 
 import hlvm
 from hlvm.diffusion.ode import ode_log_density, pf_ode_bound, pf_ode_drift
 from hlvm.diffusion.oracle import GaussianOracle
 from hlvm.diffusion.schedules import CosineSchedule, LinearSchedule
-from hlvm.programs.chain import DiffusionChain
 from hlvm.programs.likelihoods import GaussianLikelihood
 
-from conftest import tensor
+from conftest import oracle_diffusion, tensor
 
 D = 2
 
@@ -86,22 +84,6 @@ def test_drift_clamps_time_outside_the_unit_interval():
         torch.testing.assert_close(pf_ode_drift(oracle, schedule, z, tensor(-0.01)), pf_ode_drift(oracle, schedule, z, tensor(0.0)))
 
 
-class _OracleVDM(PyroModule):
-    data_shape = (D,)
-
-    def __init__(self, schedule):
-        super().__init__()
-        self.chain = DiffusionChain(GaussianOracle(*_gaussian()), schedule, GaussianLikelihood((D,)), T=None)
-
-    def model(self, x):
-        with pyro.plate("data", x.shape[0]):
-            return self.chain.model("x", x)
-
-    def guide(self, x):
-        with pyro.plate("data", x.shape[0]):
-            return self.chain.guide(x)
-
-
 def test_pf_ode_bound_is_the_log_likelihood_minus_the_posterior_gap():
     """E[bound] = log p(x) − KL(q(z_0|x) ‖ p(z_0|x)) ≤ log p(x), all Gaussian here (module docstring).
     γ_0 = −2 (σ_0² ≈ 0.88) makes the gap ≈0.2 nats, well above the Monte Carlo error: the check has teeth."""
@@ -126,7 +108,7 @@ def test_pf_ode_bound_is_the_log_likelihood_minus_the_posterior_gap():
     assert (r["bound"].mean() - (log_p - gap).mean()).abs() < 4 * se_mean
     assert gap.mean() > 0.1 and (log_p - r["bound"]).mean() > 3 * se_mean  # strictly below log p: a bound
     # and through hlvm.evaluate, as compare shows it
-    ev = hlvm.evaluate(_OracleVDM(schedule), x, pfode=True, pfode_samples=8, ode_options={"exact": True}, seed=0)
+    ev = hlvm.evaluate(oracle_diffusion(mean, cov, schedule), x, pfode=True, pfode_samples=8, ode_options={"exact": True}, seed=0)
     assert ev["pfode"] < log_p.mean().item() + 3 * ev["pfode_mc_se"]
     assert ev["pfode_nfe"] > 0 and ev["pfode_seconds"] > 0 and ev["pfode_se"] > 0
     assert ev["pfode_bpd"] == pytest.approx(ev["pfode_nats"] / (D * math.log(2)))

@@ -7,7 +7,6 @@ import pyro
 import pytest
 import torch
 from pyro.infer import Trace_ELBO
-from pyro.nn import PyroModule
 from torch import nn
 
 import hlvm
@@ -19,7 +18,7 @@ from hlvm.diffusion.oracle import GaussianOracle
 from hlvm.diffusion.schedules import CosineSchedule, LinearSchedule
 from models import VAE
 
-from conftest import tensor
+from conftest import oracle_diffusion, tensor
 
 D = 2
 
@@ -223,25 +222,6 @@ def test_linear_vae_with_optimal_guide_equals_ppca_likelihood():
 
 
 # ------------------------------------------------------------------ exact evaluation through hlvm.evaluate
-class _OracleVDM(PyroModule):
-    """The oracle chain over 2-D Gaussian data, written to the Hierarchy contract."""
-
-    data_shape = (D,)
-
-    def __init__(self, schedule, T=None):
-        super().__init__()
-        mean, cov = _gaussian()
-        self.chain = DiffusionChain(GaussianOracle(mean, cov), schedule, GaussianLikelihood((D,)), T=T)
-
-    def model(self, x):
-        with pyro.plate("data", x.shape[0]):
-            return self.chain.model("x", x)
-
-    def guide(self, x):
-        with pyro.plate("data", x.shape[0]):
-            return self.chain.guide(x)
-
-
 @pytest.mark.parametrize("schedule", [LinearSchedule(-13.0, 13.0), CosineSchedule(-13.0, 13.0)], ids=["linear", "cosine"])
 def test_exact_evaluation_agrees_with_the_closed_form(schedule):
     """DiffusionELBO(exact=True) places its quadrature nodes with an independent offset per example,
@@ -253,7 +233,7 @@ def test_exact_evaluation_agrees_with_the_closed_form(schedule):
     (``nats_se``) of the closed-form ELBO."""
     mean, cov = _gaussian()
     schedule = schedule.double()
-    h = _OracleVDM(schedule)
+    h = oracle_diffusion(mean, cov, schedule)
     g = torch.Generator().manual_seed(3)
     x = mean + torch.randn(256, D, generator=g, dtype=mean.dtype).to(mean.device) @ torch.linalg.cholesky(cov).T
     closed_elbo = _elbo_closed_form(h.chain.denoiser, schedule, x, nodes=20000)

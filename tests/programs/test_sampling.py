@@ -18,7 +18,6 @@ SE(S_ij) = sqrt((C_ii C_jj + C_ij²)/(n − 1)) for the sample covariance S.
 import pyro
 import pytest
 import torch
-from pyro.nn import PyroModule
 
 import hlvm
 from hlvm.programs.chain import DiffusionChain
@@ -27,7 +26,7 @@ from hlvm.diffusion.oracle import GaussianOracle
 from hlvm.diffusion.schedules import LinearSchedule
 from models import VAE, VDM, BottomUpHVAE, TopDownHVAE
 
-from conftest import DEVICE, tensor, user_hierarchy_class
+from conftest import DEVICE, oracle_diffusion, tensor, user_hierarchy_class
 
 SHAPE = (1, 8, 8)
 N = 20_000
@@ -250,30 +249,12 @@ def test_langevin_without_corrector_is_ancestral_sampling():
 # ---------------------------------------------------------------------------------------------
 # sampling any hierarchy by running its program forward (hlvm.sample)
 # ---------------------------------------------------------------------------------------------
-class _OracleDiffusion(PyroModule):
-    """A hierarchy written only to the contract around the oracle chain: no sample method."""
-
-    def __init__(self, T):
-        super().__init__()
-        mean, cov = _gaussian()
-        self.data_shape = (2,)
-        self.chain = DiffusionChain(GaussianOracle(mean, cov), LinearSchedule(*GAMMA_RANGE), GaussianLikelihood((2,)), T=T)
-
-    def model(self, x):
-        with pyro.plate("data", x.shape[0]):
-            return self.chain.model("x", x)
-
-    def guide(self, x):
-        with pyro.plate("data", x.shape[0]):
-            return self.chain.guide(x)
-
-
 @pytest.mark.parametrize("T,steps", [(20, None), (None, 20)])
 def test_program_run_forward_has_the_exact_sampler_law(T, steps):
     """hlvm.sample runs the Pyro model with x unobserved: a 20-step chain (discrete T = 20, or the
     continuous-time chain traced with 20 steps) has the closed-form law of 20 ancestral steps."""
-    h = _OracleDiffusion(T).to(DEVICE)
     mean, cov = _gaussian()
+    h = oracle_diffusion(mean, cov, LinearSchedule(*GAMMA_RANGE), T).to(DEVICE)
     law_m, law_c = exact_sampler_law(mean, cov, 20)
     pyro.set_rng_seed(6)
     x = hlvm.sample(h, N, steps=steps, return_mean=False)
