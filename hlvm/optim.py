@@ -35,19 +35,25 @@ class SingleOptim(PyroOptim):
     :param optim_constructor: a ``torch.optim.Optimizer`` class.
     :param dict optim_args: its keyword arguments (``lr``, ``betas``, ...).
     :param float clip_norm: clip the global gradient norm before each step (optional).
+    :param float skip_norm: skip the update (VDVAE's "update skipping", Child 2021) when the global
+        gradient norm, before clipping, exceeds this or is not finite (optional); ``skipped`` counts them.
 
     Its state (:meth:`get_state`) names the parameters of each param group by their param-store
     names, so a checkpoint restores onto a fresh model whatever order SVI captures them in.
     """
 
-    def __init__(self, optim_constructor: Callable, optim_args: dict | None = None, clip_norm: float | None = None):
+    def __init__(self, optim_constructor: Callable, optim_args: dict | None = None, clip_norm: float | None = None,
+                 skip_norm: float | None = None):
         optim_args = {} if optim_args is None else optim_args
         if not isinstance(optim_args, dict):
             raise ValueError(f"optim_args must be a dict of keyword arguments, got {type(optim_args).__name__}")
         if clip_norm is not None and not clip_norm > 0:
             raise ValueError(f"clip_norm must be positive, got {clip_norm}")
+        if skip_norm is not None and not skip_norm > 0:
+            raise ValueError(f"skip_norm must be positive, got {skip_norm}")
         super().__init__(optim_constructor, optim_args)
-        self.clip_norm = clip_norm
+        self.clip_norm, self.skip_norm = clip_norm, skip_norm
+        self.skipped, self.last_grad_norm = 0, float("nan")  # updates skipped (gradient norm above skip_norm)
         self.optim = None  # the torch optimizer, built on the first call
         self._groups: list[list[str]] = []  # param-store names of each param group
         self._members: set = set()
@@ -88,8 +94,14 @@ class SingleOptim(PyroOptim):
         new = [p for p in params if p not in self._members]
         if new:
             self._add(new)
-        if self.clip_norm is not None:
-            torch.nn.utils.clip_grad_norm_([p for p in params if p.grad is not None], self.clip_norm)
+        grads = [p for p in params if p.grad is not None]
+        if self.skip_norm is not None or self.clip_norm is not None:
+            norm = torch.nn.utils.clip_grad_norm_(grads, self.clip_norm if self.clip_norm is not None else float("inf"))
+            self.last_grad_norm = float(norm)
+            if self.skip_norm is not None and not float(norm) <= self.skip_norm:  # VDVAE's update skipping (also NaN)
+                self.skipped += 1
+                self.optim.zero_grad(set_to_none=True)
+                return
         self.optim.step(*args, **kwargs)
         self.optim.zero_grad(set_to_none=True)
 
@@ -120,11 +132,11 @@ class SingleOptim(PyroOptim):
         self.set_state(torch.load(filename, map_location=map_location, weights_only=False))
 
 
-def Adam(optim_args: dict | None = None, clip_norm: float | None = None) -> SingleOptim:
+def Adam(optim_args: dict | None = None, clip_norm: float | None = None, skip_norm: float | None = None) -> SingleOptim:
     """``torch.optim.Adam`` over all parameters, for :class:`pyro.infer.SVI` (cf. ``pyro.optim.Adam``)."""
-    return SingleOptim(torch.optim.Adam, optim_args, clip_norm)
+    return SingleOptim(torch.optim.Adam, optim_args, clip_norm, skip_norm)
 
 
-def AdamW(optim_args: dict | None = None, clip_norm: float | None = None) -> SingleOptim:
+def AdamW(optim_args: dict | None = None, clip_norm: float | None = None, skip_norm: float | None = None) -> SingleOptim:
     """``torch.optim.AdamW`` over all parameters, for :class:`pyro.infer.SVI`."""
-    return SingleOptim(torch.optim.AdamW, optim_args, clip_norm)
+    return SingleOptim(torch.optim.AdamW, optim_args, clip_norm, skip_norm)

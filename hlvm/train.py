@@ -74,6 +74,8 @@ class TrainConfig:
     grad_shards: int = 1
     kl_warmup: int = 0
     free_bits: float = 0.0
+    grad_clip: float | None = None
+    skip_norm: float | None = None
     progress: bool = True
     model_kwargs: dict = field(default_factory=dict)
 
@@ -188,7 +190,8 @@ class Trainer:
             if not isinstance(self.bound_estimator, TraceMeanField_ELBO):
                 raise ValueError("--free-bits needs analytic per-layer KLs: a model whose estimator is TraceMeanField_ELBO")
             self.estimator = FreeBitsELBO(cfg.free_bits)
-        self.optim = hlvm_optim.Adam({"lr": cfg.lr})  # one torch Adam over all parameters
+        # one torch Adam over all parameters; optional global-norm clipping and VDVAE update skipping
+        self.optim = hlvm_optim.Adam({"lr": cfg.lr}, clip_norm=cfg.grad_clip, skip_norm=cfg.skip_norm)
         self.svi = SVI(self.model.model, self.model.guide, self.optim, loss=self._loss, loss_and_grads=self._loss_and_grads)
         self.gen = torch.Generator().manual_seed(cfg.seed)
         self.step, self.batch_idx, self.perm = 0, 0, None

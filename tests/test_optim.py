@@ -175,3 +175,24 @@ def test_trace_mean_field_with_single_optim_trains_td_hvae():
     # measured when written, nats for the 64 images: 1647.7 → 1484.6 (float64), 1659.4 → 1508.5 (float32);
     # the margin is about half the improvement
     assert before - after > 75, (before, after)
+
+
+def test_update_skipping_and_clipping():
+    """skip_norm leaves the parameters untouched (and counts the skip) when the gradient norm is above
+    it; clip_norm rescales the gradient to that norm before the step."""
+    from hlvm.optim import SingleOptim
+
+    w = torch.nn.Parameter(torch.tensor([3.0, 4.0]))
+    opt = SingleOptim(torch.optim.SGD, {"lr": 1.0}, skip_norm=4.0)
+    w.grad = torch.tensor([3.0, 4.0])  # norm 5 > 4: skipped
+    opt([w])
+    assert w.tolist() == [3.0, 4.0] and opt.skipped == 1 and opt.last_grad_norm == pytest.approx(5.0)
+    w.grad = torch.tensor([0.3, 0.4])  # norm 0.5: stepped
+    opt([w])
+    assert w.detach().tolist() == pytest.approx([2.7, 3.6]) and opt.skipped == 1
+    clip = SingleOptim(torch.optim.SGD, {"lr": 1.0}, clip_norm=1.0)
+    w.grad = torch.tensor([3.0, 4.0])
+    clip([w])
+    assert w.detach().tolist() == pytest.approx([2.7 - 0.6, 3.6 - 0.8])
+    with pytest.raises(ValueError, match="skip_norm must be positive"):
+        SingleOptim(torch.optim.SGD, {"lr": 1.0}, skip_norm=0.0)

@@ -27,6 +27,9 @@ def add_common(p):
     p.add_argument("--eval-examples", type=int, default=1000)
     p.add_argument("--free-bits", type=float, default=0.0,
                    help="nats per example below which no latent layer's KL is pushed (training only; 0: off)")
+    p.add_argument("--grad-clip", type=float, default=None, help="clip the global gradient norm to this (default off)")
+    p.add_argument("--skip-norm", type=float, default=None,
+                   help="skip updates whose gradient norm exceeds this, as VDVAE does (default off)")
     p.add_argument("--kl-warmup", type=int, default=0,
                    help="steps over which the latents' KL weight β rises linearly from 0 to 1 (0: off)")
     p.add_argument("--no-progress", action="store_true")
@@ -57,7 +60,8 @@ def config_from(args, model: str, out: str):
                        eval_examples=args.eval_examples, progress=not args.no_progress,
                        estimator=getattr(args, "estimator", "auto"), resume=getattr(args, "resume", False),
                        eval_every=getattr(args, "eval_every", 0), checkpoint_every=getattr(args, "checkpoint_every", 0),
-                       grad_shards=getattr(args, "grad_shards", 1), kl_warmup=args.kl_warmup, free_bits=args.free_bits)
+                       grad_shards=getattr(args, "grad_shards", 1), kl_warmup=args.kl_warmup, free_bits=args.free_bits,
+                       grad_clip=args.grad_clip, skip_norm=args.skip_norm)
 
 
 def run(args):
