@@ -38,6 +38,9 @@ class SingleOptim(PyroOptim):
     :param float skip_norm: skip the update (VDVAE's "update skipping", Child 2021) when the global
         gradient norm, before clipping, exceeds this or is not finite (optional); ``skipped`` counts them.
 
+    .. warning:: A fixed ``skip_norm`` must lie above the gradient norms of the first steps, which
+        are larger than later ones; set too low, every update is skipped and nothing trains.
+
     Its state (:meth:`get_state`) names the parameters of each param group by their param-store
     names, so a checkpoint restores onto a fresh model whatever order SVI captures them in.
     """

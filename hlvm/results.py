@@ -196,7 +196,8 @@ def _fmt(v, spec="{:.2f}"):
 
 def write_page(results: dict, profile: str, path: str) -> None:
     """The results page: the table of rows, the published anchors, the figures."""
-    rows = [r for r in results["rows"] if r.get("profile") == profile]
+    order = {name: k for k, (name, *_) in enumerate(ROWS)}
+    rows = sorted((r for r in results["rows"] if r.get("profile") == profile), key=lambda r: order.get(r["row"], len(order)))
     lines = [f"# Results on {rows[0]['dataset'] if rows else 'MNIST'} ({profile} profile)", "",
              "Produced by `make results` (`hlvm.results`); every number is a lower bound on log p(x) of its row's model, "
              "nats per image (NLL ≤ −bound), from the run named in its row. Protocol: 60,000 training images dynamically "
