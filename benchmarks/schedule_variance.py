@@ -38,7 +38,7 @@ def train(schedule, objective, data, steps, batch, width, device, seed, schedule
     pyro.set_rng_seed(seed)
     vdm = VDM(schedule=schedule, width=width, depth=2).to(device)
     # the learned schedule's parameters get their own learning rate (the others: 2e-3)
-    optim = pyro.optim.Adam(lambda name, _: {"lr": schedule_lr if "schedule." in name else 2e-3})  # chain$$$schedule.*
+    optim = pyro.optim.Adam(lambda name: {"lr": schedule_lr if ".schedule." in f".{name}" else 2e-3})  # chain.schedule.*
     svi = pyro.infer.SVI(vdm.model, vdm.guide, optim, hlvm.DiffusionELBO(schedule_objective=objective))
     g = torch.Generator().manual_seed(seed)  # the same data order for every variant
     for _ in range(steps):
