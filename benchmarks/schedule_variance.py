@@ -7,7 +7,9 @@ train side by side with the same data order, steps and endpoints (γ ∈ [−13.
 * ``linear``  — fixed linear schedule;
 * ``cosine``  — fixed cosine schedule;
 * ``variance`` — VDM's learned monotone network, its interior trained to minimise E[L²]
-  (``DiffusionELBO(schedule_objective="variance")``; endpoints fixed here, so only the interior learns).
+  (``DiffusionELBO(schedule_objective="variance")``; endpoints fixed here, so only the interior learns);
+* ``variance-from-cosine`` — the same network acting on the cosine schedule's shape, so that it
+  starts as cosine (``MonotoneNetSchedule(base="cosine")``).
 
 Then, for each trained model, on the same fixed batch: the variance of the per-batch diffusion-loss
 estimate over repeated draws of (t, ε) (antithetic time sampling, as in training), and the test
@@ -26,16 +28,20 @@ import torch
 
 import hlvm
 from hlvm.data import load_dataset
+from hlvm.diffusion.schedules import MonotoneNetSchedule
 from hlvm.diffusion.bound import diffusion_bound
 from hlvm.programs.chain import chains_of
 from models import VDM
 
-VARIANTS = {"linear": ("linear", "elbo"), "cosine": ("cosine", "elbo"), "variance": ("learned-net", "variance")}
+VARIANTS = {"linear": ("linear", "elbo"), "cosine": ("cosine", "elbo"), "variance": ("learned-net", "variance"),
+            "variance-from-cosine": ("learned-net-cosine", "variance")}
 
 
 def train(schedule, objective, data, steps, batch, width, device, seed, schedule_lr):
     pyro.clear_param_store()
     pyro.set_rng_seed(seed)
+    if schedule == "learned-net-cosine":  # VDM's monotone net on top of the cosine shape
+        schedule = MonotoneNetSchedule(-13.3, 5.0, base="cosine")
     vdm = VDM(schedule=schedule, width=width, depth=2).to(device)
     # the learned schedule's parameters get their own learning rate (the others: 2e-3)
     optim = pyro.optim.Adam(lambda name: {"lr": schedule_lr if ".schedule." in f".{name}" else 2e-3})  # chain.schedule.*

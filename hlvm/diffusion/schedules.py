@@ -234,15 +234,20 @@ class MonotoneNetSchedule(NoiseSchedule):
         γ(t) = γ_min + (γ_max − γ_min) (γ̃(t) − γ̃(0)) / (γ̃(1) − γ̃(0)),
 
     which pins the endpoints (held fixed, or learned when ``learn_endpoints=True``).  The
-    non-linear branch is initialised with tiny weights, so γ starts out linear (to ~1e-4).
+    non-linear branch is initialised with tiny weights, so γ starts out linear (to ~1e-4) — or, with
+    ``base="cosine"``, the network acts on the cosine schedule's normalised γ instead of t (a
+    composition of monotone maps), so γ starts out as the cosine schedule.
     """
 
     def __init__(self, gamma_min: float = -13.3, gamma_max: float = 5.0, hidden: int = 1024,
-                 learn_endpoints: bool = False):
+                 learn_endpoints: bool = False, base: str = "linear"):
         super().__init__()
         _check_endpoints(gamma_min, gamma_max)
         if hidden < 1:
             raise ValueError(f"hidden must be >= 1, got {hidden}")
+        if base not in ("linear", "cosine"):
+            raise ValueError(f"unknown base {base!r}; expected 'linear' or 'cosine'")
+        self.base = CosineSchedule(gamma_min, gamma_max) if base == "cosine" else None
         self.l1 = _PositiveLinear(1, 1, init_scale=1.0)
         self.l2 = _PositiveLinear(1, hidden)
         self.l3 = _PositiveLinear(hidden, 1, init_scale=-12.0)
@@ -260,6 +265,9 @@ class MonotoneNetSchedule(NoiseSchedule):
     def _frac(self, t):
         """The normalised interior frac(t) ∈ [0, 1], frac(0) = 0, frac(1) = 1."""
         t = t.to(self.l1.bias.dtype)
+        if self.base is not None:  # the cosine schedule's shape, normalised to [0, 1]
+            g_lo, g_hi = self.base.gamma(torch.tensor([0.0, 1.0], dtype=t.dtype, device=t.device)).unbind(0)
+            t = (self.base.gamma(t) - g_lo) / (g_hi - g_lo)
         r0, r1 = self._raw(torch.tensor([0.0, 1.0], dtype=t.dtype, device=t.device)).unbind(0)
         return (self._raw(t) - r0) / (r1 - r0)
 

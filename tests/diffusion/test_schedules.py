@@ -362,3 +362,19 @@ def test_make_schedule_builds_ddpm(name, kind, betas_fn):
     with torch.no_grad():
         a2 = sched.alpha(torch.arange(50, dtype=F64) / 49) ** 2
     torch.testing.assert_close(a2, abar, rtol=1e-10, atol=0)
+
+
+def test_monotone_net_on_the_cosine_shape_starts_as_cosine():
+    """``base="cosine"``: the network acts on the cosine schedule's normalised γ, so the learned
+    schedule starts as cosine (to ~1e-3), keeps the endpoints exactly and stays monotone."""
+    t = torch.linspace(0, 1, 101, dtype=torch.float64)
+    m = MonotoneNetSchedule(-13.3, 5.0, base="cosine").double()
+    c = CosineSchedule(-13.3, 5.0).double()
+    g = m.gamma(t)
+    assert (g - c.gamma(t)).abs().max() < 1e-3
+    assert g[0].item() == pytest.approx(-13.3, abs=1e-9) and g[-1].item() == pytest.approx(5.0, abs=1e-9)
+    with torch.no_grad():  # any positive-weight network keeps it monotone
+        m.l3.raw_weight.normal_(0.0, 2.0)
+    assert bool((m.gamma(t).diff() > 0).all())
+    with pytest.raises(ValueError, match="unknown base"):
+        MonotoneNetSchedule(base="sigmoid")
