@@ -102,7 +102,7 @@ def run_results(profile: str = "cpu", out: str = "docs", runs: str = "runs/resul
     """Train and evaluate every row of :data:`ROWS` under ``profile``; write ``out/results.{json,md}``."""
     from .data import default_binarization, load_dataset
     from .eval import ParetoKWarning, evaluate
-    from .eval.evaluate import has_data_chain
+    from .eval.evaluate import own_bounds
     from .plots import plot_curves, save_grid
     from .programs.chain import chains_of
     from .programs.sample import draw
@@ -142,17 +142,17 @@ def run_results(profile: str = "cpu", out: str = "docs", runs: str = "runs/resul
         trainer.swap_ema()
         x = test.to(trainer.device, trainer.dtype)
         chain_iwae = any(c.T is not None for c in chains_of(m))
-        continuous = any(c.T is None for c in chains_of(m))
+        own = own_bounds(m)
         n_iw = p.iwae_examples_chain if chain_iwae else (p.iwae_examples or x.shape[0])
         K = p.K_chain if chain_iwae else p.K
         t0 = time.perf_counter()
         ev = evaluate(m, x[:p.eval_examples], elbo=trainer.bound_estimator, seed=0)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", ParetoKWarning)
-            iw = {} if continuous else evaluate(m, x[:n_iw], elbo=trainer.bound_estimator, K=K, seed=0, breakdown=False,
+            iw = {} if not own["iwae"] else evaluate(m, x[:n_iw], elbo=trainer.bound_estimator, K=K, seed=0, breakdown=False,
                                                 iwae_batch=max(1, 20000 // K))
         pf = (evaluate(m, x[:p.pfode_examples or x.shape[0]], seed=0, breakdown=False, pfode=True)
-              if has_data_chain(m) and not chain_iwae else {})
+              if own["pfode"] else {})
         eval_seconds = time.perf_counter() - t0
         entry = {
             "row": row, "model": model, "options": {"T": T, **opts}, "profile": profile, "dataset": data.name,
