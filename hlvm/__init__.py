@@ -11,7 +11,7 @@ chain, likelihoods, layers, DiffusionELBO, the Hierarchy contract, sampling prog
 """
 
 from .diffusion.schedules import (NoiseSchedule, LinearSchedule, CosineSchedule, LearnedLinearSchedule,
-                                  MonotoneNetSchedule, DDPMSchedule, make_schedule)
+                                  MonotoneNetSchedule, DensitySchedule, DDPMSchedule, make_schedule)
 from .diffusion.gaussian import (alpha_sigma, snr, alpha_ts, sigma_sq_ts, q_zt_given_x, q_zt_given_zs,
                                  q_zs_given_zt_x, p_zs_given_zt, diffusion_kl, diffusion_kl_eps, prior_kl)
 from .diffusion.parameterization import to_x, from_x, convert, score_from_energy, loss_weight

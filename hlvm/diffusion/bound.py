@@ -112,7 +112,7 @@ def diffusion_loss(denoiser, schedule, T: int | None, x: torch.Tensor, t: torch.
     box = None
     if variance_schedule and T is None:
         if not hasattr(schedule, "parts"):
-            raise ValueError(f"the variance objective needs a schedule with a learned interior ('learned-net'), "
+            raise ValueError(f"the variance objective needs a schedule with a learned interior ('learned-net', 'learned-density'), "
                              f"not {type(schedule).__name__}")
         box = {"scale": None}
         g0, gap, frac, dfrac = schedule.parts(t)

@@ -1,16 +1,12 @@
-"""Noise schedules γ(t) = −log SNR(t) on t ∈ [0, 1].
+"""Fixed noise schedules γ(t) = −log SNR(t) on t ∈ [0, 1], and their base class.
 
 Every schedule is a small :class:`torch.nn.Module` whose ``forward(t)`` returns γ(t); the
 variance-preserving quantities follow from γ alone (VDM convention, Kingma et al. 2021, §3):
 
     σ_t² = sigmoid(γ_t),   α_t² = sigmoid(−γ_t),   SNR(t) = α_t² / σ_t² = exp(−γ_t).
 
-Schedules provided:
-
 * :class:`LinearSchedule` — fixed linear γ (VDM's default, γ ∈ [−13.3, 5]).
 * :class:`CosineSchedule` — the cosine ᾱ of Nichol & Dhariwal (2021), truncated to [γ_min, γ_max].
-* :class:`LearnedLinearSchedule` — linear γ with learnable endpoints.
-* :class:`MonotoneNetSchedule` — VDM's monotone network with positive weights (Appendix H.1).
 * :class:`DDPMSchedule` — the discrete β-schedules of DDPM (Ho et al. 2020), linear and cosine.
 
 References:
@@ -24,7 +20,6 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from pyro.infer.util import is_validation_enabled
 
@@ -32,10 +27,7 @@ __all__ = [
     "NoiseSchedule",
     "LinearSchedule",
     "CosineSchedule",
-    "LearnedLinearSchedule",
-    "MonotoneNetSchedule",
     "DDPMSchedule",
-    "make_schedule",
     "check_time",
 ]
 
@@ -177,121 +169,6 @@ class CosineSchedule(NoiseSchedule):
         return 2 * math.pi / torch.sin(math.pi * u) * (self.u1 - self.u0)
 
 
-def _softplus(x: torch.Tensor) -> torch.Tensor:
-    """log(1 + eˣ) without F.softplus's linear cut-off at x > 20 (exact inverse of the init)."""
-    return torch.logaddexp(x, torch.zeros_like(x))
-
-
-class LearnedLinearSchedule(NoiseSchedule):
-    """Linear schedule with learnable endpoints (VDM, §4: only γ_min, γ_max affect L_∞).
-
-    The gap γ_max − γ_min is parameterized through softplus so it stays positive.
-    """
-
-    def __init__(self, gamma_min: float = -13.3, gamma_max: float = 5.0):
-        super().__init__()
-        _check_endpoints(gamma_min, gamma_max)
-        gap = gamma_max - gamma_min
-        self.g0 = nn.Parameter(torch.tensor(float(gamma_min)))
-        # inverse softplus of the gap
-        self.raw_gap = nn.Parameter(torch.tensor(gap + math.log(-math.expm1(-gap))))
-
-    @property
-    def gap(self) -> torch.Tensor:
-        """γ_max − γ_min (> 0)."""
-        return _softplus(self.raw_gap)
-
-    def gamma(self, t):
-        return self.g0 + self.gap * t
-
-    def dgamma_dt(self, t):
-        t = check_time(t)
-        return self.gap.expand_as(t).to(t.dtype)
-
-    def parts(self, t):
-        """(γ_min, γ_max − γ_min, frac(t), frac'(t)) with γ = γ_min + gap · frac: here frac(t) = t."""
-        return self.g0, self.gap, t, torch.ones_like(t)
-
-
-class _PositiveLinear(nn.Module):
-    """A linear layer whose weights are softplus-positive, so it is monotone increasing."""
-
-    def __init__(self, d_in: int, d_out: int, init_scale: float = 0.0):
-        super().__init__()
-        self.raw_weight = nn.Parameter(torch.randn(d_out, d_in) * 0.1 + init_scale)
-        self.bias = nn.Parameter(torch.zeros(d_out))
-
-    def forward(self, h):
-        return F.linear(h, F.softplus(self.raw_weight), self.bias)
-
-
-class MonotoneNetSchedule(NoiseSchedule):
-    """VDM's learned monotone γ: a positive-weight network, rescaled to fixed or learned endpoints.
-
-    γ̃(t) = l₁(t) + l₃(φ(l₂(l₁(t)))) with φ = sigmoid and every weight positive, so γ̃ is monotone
-    increasing (Kingma et al. 2021, Appendix H.1).  It is then normalised
-
-        γ(t) = γ_min + (γ_max − γ_min) (γ̃(t) − γ̃(0)) / (γ̃(1) − γ̃(0)),
-
-    which pins the endpoints (held fixed, or learned when ``learn_endpoints=True``).  The
-    non-linear branch is initialised with tiny weights, so γ starts out linear (to ~1e-4) — or, with
-    ``base="cosine"``, the network acts on the cosine schedule's normalised γ instead of t (a
-    composition of monotone maps), so γ starts out as the cosine schedule.
-    """
-
-    def __init__(self, gamma_min: float = -13.3, gamma_max: float = 5.0, hidden: int = 1024,
-                 learn_endpoints: bool = False, base: str = "linear"):
-        super().__init__()
-        _check_endpoints(gamma_min, gamma_max)
-        if hidden < 1:
-            raise ValueError(f"hidden must be >= 1, got {hidden}")
-        if base not in ("linear", "cosine"):
-            raise ValueError(f"unknown base {base!r}; expected 'linear' or 'cosine'")
-        self.base = CosineSchedule(gamma_min, gamma_max) if base == "cosine" else None
-        self.l1 = _PositiveLinear(1, 1, init_scale=1.0)
-        self.l2 = _PositiveLinear(1, hidden)
-        self.l3 = _PositiveLinear(hidden, 1, init_scale=-12.0)
-        self.learn_endpoints = learn_endpoints
-        if learn_endpoints:
-            self.endpoints = LearnedLinearSchedule(gamma_min, gamma_max)
-        else:
-            self.register_buffer("g0", torch.tensor(float(gamma_min)))
-            self.register_buffer("g1", torch.tensor(float(gamma_max)))
-
-    def _raw(self, t):
-        h = self.l1(t.unsqueeze(-1))  # (..., 1)
-        return (h + self.l3(torch.sigmoid(self.l2(h)))).squeeze(-1)
-
-    def _frac(self, t):
-        """The normalised interior frac(t) ∈ [0, 1], frac(0) = 0, frac(1) = 1."""
-        t = t.to(self.l1.bias.dtype)
-        if self.base is not None:  # the cosine schedule's shape, normalised to [0, 1]
-            g_lo, g_hi = self.base.gamma(torch.tensor([0.0, 1.0], dtype=t.dtype, device=t.device)).unbind(0)
-            t = (self.base.gamma(t) - g_lo) / (g_hi - g_lo)
-        r0, r1 = self._raw(torch.tensor([0.0, 1.0], dtype=t.dtype, device=t.device)).unbind(0)
-        return (self._raw(t) - r0) / (r1 - r0)
-
-    def _endpoints(self):
-        if self.learn_endpoints:
-            return self.endpoints.g0, self.endpoints.gap
-        return self.g0, self.g1 - self.g0
-
-    def gamma(self, t):
-        g0, gap = self._endpoints()
-        return g0 + gap * self._frac(t)
-
-    def parts(self, t):
-        """(γ_min, γ_max − γ_min, frac(t), frac'(t)) with γ = γ_min + gap · frac: the endpoints and
-        the interior apart, for objectives that train them differently (VDM App. I.1)."""
-        t = check_time(t)
-        with torch.enable_grad():
-            t_ = t.detach().requires_grad_(True)
-            frac = self._frac(t_)
-            (dfrac,) = torch.autograd.grad(frac.sum(), t_, create_graph=True)
-        g0, gap = self._endpoints()
-        return g0, gap, frac, dfrac
-
-
 class DDPMSchedule(NoiseSchedule):
     """A discrete DDPM β-schedule expressed as γ(t) (Ho et al. 2020; Nichol & Dhariwal 2021).
 
@@ -339,18 +216,3 @@ class DDPMSchedule(NoiseSchedule):
         la = log_ab[i0] * (1 - w) + log_ab[i0 + 1] * w
         # γ = log(1 − ᾱ) − log ᾱ = log(−expm1(log ᾱ)) − log ᾱ
         return torch.log(-torch.expm1(la)) - la
-
-
-def make_schedule(name: str, gamma_min: float = -13.3, gamma_max: float = 5.0, **kwargs) -> NoiseSchedule:
-    """Build a schedule by name: linear, cosine, learned-linear, learned-net, ddpm-linear, ddpm-cosine."""
-    table = {
-        "linear": lambda: LinearSchedule(gamma_min, gamma_max),
-        "cosine": lambda: CosineSchedule(gamma_min, gamma_max),
-        "learned-linear": lambda: LearnedLinearSchedule(gamma_min, gamma_max),
-        "learned-net": lambda: MonotoneNetSchedule(gamma_min, gamma_max, **kwargs),
-        "ddpm-linear": lambda: DDPMSchedule(kind="linear", **kwargs),
-        "ddpm-cosine": lambda: DDPMSchedule(kind="cosine", **kwargs),
-    }
-    if name not in table:
-        raise ValueError(f"unknown schedule {name!r}; expected one of {sorted(table)}")
-    return table[name]()
