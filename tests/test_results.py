@@ -27,3 +27,20 @@ def test_results_pipeline_smoke_and_resume(tmp_path):
     logs.clear()
     run_results("smoke", out=str(tmp_path / "docs"), runs=str(tmp_path / "runs"), log=logs.append)
     assert sum("already in" in line for line in logs) == len(ROWS)
+
+
+def test_results_page_shows_the_schedule_variance_benchmark_when_its_json_is_there(tmp_path):
+    from hlvm.results import SCHEDULE_JSON, write_page
+
+    row = {"schedule": "density-from-cosine", "objective": "variance", "var_uniform": 16.34, "var_antithetic": 11.0,
+           "test_elbo": -111.5, "test_elbo_se": 1.3, "bpd": 0.2}
+    res = {"info": {"library": "abc1234", "threads": 2}, "steps": 1500, "tune_steps": 600, "batch": 128, "draws": 400,
+           "eval_examples": 500, "frozen": {"density-variance": row}, "joint": {"cosine": {**row, "schedule": "cosine"}}}
+    page = tmp_path / "results.md"
+    write_page({"rows": []}, "cpu", str(page))
+    assert "variance-minimising" not in page.read_text()
+    (tmp_path / SCHEDULE_JSON).write_text(json.dumps(res))
+    write_page({"rows": []}, "cpu", str(page))
+    text = page.read_text()
+    assert "| density-variance | density-from-cosine | variance | 16.34 | 11.00 | -111.50 ± 1.30 |" in text
+    assert "| cosine | cosine | variance | 16.34 |" in text and "abc1234" in text
