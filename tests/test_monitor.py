@@ -127,3 +127,11 @@ def test_without_tensorboard_no_event_file(tmp_path):
     _run(tmp_path, 2)
     assert not [f for f in os.listdir(tmp_path) if f.startswith("events.")]
     assert json.loads(open(tmp_path / "metrics.jsonl").readline())["step"] == 1
+
+
+def test_throughput_excludes_the_warm_up_step(tmp_path):
+    t = Trainer(TrainConfig(**TINY, steps=4, out=str(tmp_path)))
+    result = t.fit()
+    times = [r["step_seconds"] for r in read_metrics(str(tmp_path)) if r["kind"] == "train"]
+    assert len(times) == 4
+    assert result["seconds_per_epoch"] == pytest.approx(sum(times[1:]) / 3 * t.steps_per_epoch)
