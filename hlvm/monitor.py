@@ -51,34 +51,42 @@ def elbo_terms(ev: dict) -> dict:
 
 
 def read_metrics(folder: str) -> list[dict]:
-    """The records of a run folder's metrics file (empty when it has none)."""
+    """The records of a run folder's metrics file (empty when it has none); a last line torn by a
+    run killed mid-write is dropped."""
     path = os.path.join(folder, METRICS)
     if not os.path.isfile(path):
         return []
     with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
+        lines = [line for line in f if line.strip()]
+    records = [json.loads(line) for line in lines[:-1]]
+    try:
+        records += [json.loads(line) for line in lines[-1:]]
+    except json.JSONDecodeError:
+        pass
+    return records
 
 
 class MetricsFile:
     """``metrics.jsonl`` of a run folder, cut back to the records of steps ≤ ``start_step`` (the
-    checkpoint a resumed run starts from; 0 for a new run) and appended to, flushed per record."""
+    checkpoint a resumed run starts from; 0 for a new run) and appended to, one record at a time
+    (opened and closed per record: nothing is left open or unflushed when a run stops)."""
 
     def __init__(self, folder: str, start_step: int):
         os.makedirs(folder, exist_ok=True)
         self.path = os.path.join(folder, METRICS)
         kept = [r for r in read_metrics(folder) if r.get("step", 0) <= start_step] if start_step > 0 else []
-        tmp = f"{self.path}.tmp-{os.getpid()}"
-        with open(tmp, "w") as f:
-            f.writelines(json.dumps(r) + "\n" for r in kept)
-        os.replace(tmp, self.path)
-        self.file = open(self.path, "a")
+        tmp = os.path.join(folder, f".{METRICS}.tmp-{os.getpid()}")
+        try:
+            with open(tmp, "w") as f:
+                f.writelines(json.dumps(r) + "\n" for r in kept)
+            os.replace(tmp, self.path)
+        finally:
+            if os.path.exists(tmp):
+                os.remove(tmp)
 
     def write(self, record: dict) -> None:
-        self.file.write(json.dumps(record, allow_nan=True) + "\n")
-        self.file.flush()
-
-    def close(self) -> None:
-        self.file.close()
+        with open(self.path, "a") as f:
+            f.write(json.dumps(record) + "\n")
 
 
 class _Lines:
@@ -188,8 +196,6 @@ class RunMonitor:
 
     def close(self) -> None:
         self.progress.close()
-        if self.metrics is not None:
-            self.metrics.close()
         if self.tb is not None:
             self.tb.close()
 

@@ -92,8 +92,11 @@ def test_metrics_survive_resume_without_duplicate_steps(tmp_path):
     _run(run, 6, resume=True)
     first = read_metrics(str(run))
     assert _train_steps(first) == [1, 2, 3, 4, 5, 6]
-    # a run killed after step 6's records but before its checkpoint: resume from step 3 again
+    # a run killed after step 6's records but before its checkpoint, mid-way through a record:
+    # resume from step 3 again
     shutil.copy(saved, run / "checkpoint.pt")
+    with open(run / "metrics.jsonl", "a") as f:
+        f.write('{"kind": "train", "st')
     _run(run, 6, resume=True)
     again = read_metrics(str(run))
     assert _train_steps(again) == [1, 2, 3, 4, 5, 6]
