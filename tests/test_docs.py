@@ -119,7 +119,8 @@ def smoke(argv: list[str]) -> list[str]:
 
 
 def run(argv, cwd):
-    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1", MPLBACKEND="Agg")
+    # PET_STANDALONE: torchrun's --standalone (a free port, not 29500, which parallel runs share)
+    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1", MPLBACKEND="Agg", PET_STANDALONE="1")
     return subprocess.run(argv, cwd=cwd, env=env, capture_output=True, text=True, timeout=TIMEOUT)
 
 
