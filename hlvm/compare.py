@@ -24,6 +24,7 @@ from .eval.evaluate import ParetoKWarning, evaluate, own_bounds
 from .train import TrainConfig, Trainer
 from .programs.sample import draw
 from .registry import accepts
+from .report_files import files_section
 
 __all__ = ["run_compare", "format_table"]
 
@@ -170,6 +171,7 @@ def _write_report(report, data, base, settings, out):
         for name, files in report["files"].items():
             if files:
                 f.write(f"**{name}**: " + " · ".join(f"[{fn}]({fn})" for fn in files) + "\n\n")
+        f.write(files_section(out, also=("report.json",)))  # every file: runs, checkpoints, metrics, JSON
     with open(os.path.join(out, "report.json"), "w") as f:
         json.dump({"data": data.name, "rows": rows, "details": report["details"], "config": base.__dict__,
                    "settings": settings}, f, indent=1, default=str)

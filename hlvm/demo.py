@@ -1,4 +1,6 @@
-"""The foundation demo: forward-process statistics and analytic KLs on the embedded MNIST subset.
+"""The foundation demo: forward-process statistics and analytic KLs on the embedded MNIST subset
+(``python -m hlvm.demo [--batch-size B] [--seed S]``; ``hlvm demo`` is the main job, see
+:mod:`hlvm.cli.demo`).
 
 For a batch of binarized MNIST images mapped to x ∈ {−1, 1}, it prints, for each schedule, the
 prior KL(q(z_1|x) ‖ N(0, I)) and the diffusion loss of the *per-pixel Gaussian oracle* denoiser
@@ -17,6 +19,8 @@ from .data import load_dataset
 from .diffusion.gaussian import alpha_sigma, diffusion_kl, pad_gamma, prior_kl
 from .diffusion.oracle import GaussianOracle
 from .diffusion.schedules import CosineSchedule, LinearSchedule
+
+__all__ = ["diffusion_loss", "run_demo", "main"]
 
 
 def diffusion_loss(x, x_hat_fn, schedule, T, n_mc=8, generator=None):
@@ -50,7 +54,7 @@ def run_demo(batch_size: int = 64, seed: int = 0) -> dict:
     mean, var = train.mean(0), train.var(0).clamp_min(1e-3)
     bpd = 1 / (d * math.log(2))
     oracle = GaussianOracle(mean, torch.diag(var))  # independent pixels: E[x | z_t] per pixel
-    print(f"hlvm demo: {batch_size} test images of {data.name} ({data.kind}, D = {d}), x ∈ {{−1, 1}}")
+    print(f"hlvm foundation demo: {batch_size} test images of {data.name} ({data.kind}, D = {d}), x ∈ {{−1, 1}}")
     print("per-pixel Gaussian oracle denoiser fitted on the 4,000 training images\n")
     out = {}
     for schedule in (LinearSchedule(-13.3, 5.0).double(), CosineSchedule(-13.3, 5.0).double()):
@@ -73,3 +77,20 @@ def run_demo(batch_size: int = 64, seed: int = 0) -> dict:
         kl = diffusion_kl(x, x_hat, g_s, g_t).mean().item()
         print(f"  KL(q(z_s|z_t,x) ‖ p) at s=.3,t=.4 with x̂ = 0: {kl:.3f} nats/image\n")
     return out
+
+
+def main(argv=None) -> None:
+    """``python -m hlvm.demo``: :func:`run_demo` from the command line."""
+    import argparse
+
+    p = argparse.ArgumentParser(prog="python -m hlvm.demo", description=__doc__.splitlines()[0])
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args(argv)
+    if args.batch_size < 1:
+        p.error(f"--batch-size must be >= 1, got {args.batch_size}")
+    run_demo(batch_size=args.batch_size, seed=args.seed)
+
+
+if __name__ == "__main__":
+    main()

@@ -36,6 +36,7 @@ from .eval import evaluate
 from .programs.anneal import ScaleLatents, warmup_beta
 from .programs.free_bits import FreeBitsELBO
 from .estimators import make_estimator
+from .monitor import RunMonitor, elbo_terms
 from .registry import build_model
 
 __all__ = ["TrainConfig", "Trainer", "TrainingDiverged", "save_checkpoint", "load_checkpoint", "train"]
@@ -77,6 +78,8 @@ class TrainConfig:
     grad_clip: float | None = None
     skip_norm: float | None = None
     progress: bool = True
+    log_every: int = 0
+    tensorboard: bool = False
     model_kwargs: dict = field(default_factory=dict)
 
     def validate(self) -> None:
@@ -98,6 +101,8 @@ class TrainConfig:
             raise ValueError(f"--free-bits must be >= 0, got {self.free_bits}")
         if self.kl_warmup < 0:
             raise ValueError(f"--kl-warmup must be >= 0, got {self.kl_warmup}")
+        if self.log_every < 0:
+            raise ValueError(f"--log-every must be >= 0 (0: automatic), got {self.log_every}")
         if self.grad_shards < 1:
             raise ValueError(f"grad_shards must be >= 1, got {self.grad_shards}")
         if self.device not in ("cpu", "cuda") and not self.device.startswith("cuda:"):
@@ -191,7 +196,7 @@ class Trainer:
                 raise ValueError("--free-bits needs analytic per-layer KLs: a model whose estimator is TraceMeanField_ELBO")
             self.estimator = FreeBitsELBO(cfg.free_bits)
         # one torch Adam over all parameters; optional global-norm clipping and VDVAE update skipping
-        self.optim = hlvm_optim.Adam({"lr": cfg.lr}, clip_norm=cfg.grad_clip, skip_norm=cfg.skip_norm)
+        self.optim = hlvm_optim.Adam({"lr": cfg.lr}, clip_norm=cfg.grad_clip, skip_norm=cfg.skip_norm, track_norm=True)
         self.svi = SVI(self.model.model, self.model.guide, self.optim, loss=self._loss, loss_and_grads=self._loss_and_grads)
         self.gen = torch.Generator().manual_seed(cfg.seed)
         self.step, self.batch_idx, self.perm = 0, 0, None
@@ -284,10 +289,10 @@ class Trainer:
         self.swap_ema()
         try:
             ev = evaluate(self.model, self.data.test[:n], elbo=self.bound_estimator, batch_size=batch_size,
-                          seed=self.cfg.seed + 1, breakdown=False)
+                          seed=self.cfg.seed + 1)
         finally:
             self.swap_ema()
-        return {"elbo": ev["elbo"], "bpd": ev["bpd"]}
+        return {"elbo": ev["elbo"], "bpd": ev["bpd"], "terms": elbo_terms(ev)}
 
     # -- checkpoints -----------------------------------------------------------------------
     def state(self) -> dict:
@@ -319,8 +324,6 @@ class Trainer:
 
     # -- the loop --------------------------------------------------------------------------
     def fit(self) -> dict:
-        from tqdm.auto import tqdm
-
         cfg, total = self.cfg, self.total_steps
         eval_every = cfg.eval_every or self.steps_per_epoch
         ckpt_every = cfg.checkpoint_every or self.steps_per_epoch
@@ -329,11 +332,11 @@ class Trainer:
             self.log(f"{cfg.model}: {d.name} ({d.kind}{', dynamic binarization' if d.dynamic else ''}), "
                      f"{d.train.shape[0]:,} training / {d.test.shape[0]:,} test examples; {cfg.estimator} estimator "
                      f"{type(self.estimator).__name__}; steps {self.step} → {total}")
-        bar = tqdm(total=total, initial=self.step, disable=not (cfg.progress and self.is_main),
-                   desc=f"{cfg.model} on {self.data.name}", dynamic_ncols=True)
+        monitor = RunMonitor(self, enabled=self.is_main)
         start = time.perf_counter()
         steps_run = 0
         while self.step < total:
+            t_step = time.perf_counter()
             x = self._next_batch().to(self.device, self.dtype)
             try:
                 loss = self.svi.step(x)
@@ -342,7 +345,7 @@ class Trainer:
                     raise
                 loss = float("nan")
             if not math.isfinite(loss):
-                bar.close()
+                monitor.close()
                 kept = f"the last good checkpoint is kept at {self.ckpt_path}" if os.path.exists(self.ckpt_path) else "no checkpoint had been written yet"
                 raise TrainingDiverged(f"loss became {loss} at step {self.step + 1}; training stopped and {kept}")
             self.step += 1
@@ -356,26 +359,24 @@ class Trainer:
                             self.ema[k].mul_(cfg.ema).add_(v.detach(), alpha=1 - cfg.ema)
                         else:
                             self.ema[k].copy_(v)
-            bar.update(1)
-            bar.set_postfix(elbo=f"{-per_ex:.2f}", bpd=f"{per_ex / (self.data.dim * math.log(2)):.4f}")
+            monitor.on_step(per_ex, time.perf_counter() - t_step)
             if self.step % eval_every == 0 or self.step == total:
                 ev = self.evaluate_test()
                 elapsed = time.perf_counter() - start
                 self.history.append({"step": self.step, "epoch": self.step / self.steps_per_epoch,
                                      "train_elbo": -per_ex, "test_elbo": ev["elbo"], "test_bpd": ev["bpd"],
                                      "seconds": elapsed, "steps_run": steps_run})
-                if self.is_main:
-                    bar.write(f"step {self.step:6d}  train ELBO {-per_ex:9.3f}  test ELBO {ev['elbo']:9.3f} nats  {ev['bpd']:.4f} bits/dim")
+                monitor.on_eval(ev)
             if self.step % ckpt_every == 0 or self.step == total:
                 self.save()
-        bar.close()
+        monitor.close()
         if self.is_main:
             os.makedirs(cfg.out, exist_ok=True)
             with open(os.path.join(cfg.out, "history.json"), "w") as f:
                 json.dump({"history": self.history, "losses": self.losses}, f)
         seconds = time.perf_counter() - start
         return {"steps": self.step, "seconds": seconds, "history": self.history, "losses": self.losses,
-                "seconds_per_epoch": seconds / max(steps_run, 1) * self.steps_per_epoch}
+                "seconds_per_epoch": monitor.seconds_per_step() * self.steps_per_epoch}
 
 
 def train(cfg: TrainConfig, data: DataSplit | None = None) -> Trainer:

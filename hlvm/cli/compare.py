@@ -9,6 +9,12 @@ DEFAULT_MODELS = "vae,hvae-bu,hvae-td,vdm"
 
 def register(sub):
     p = sub.add_parser("compare", help="train several models under one budget and compare their bounds")
+    add_arguments(p)
+    p.set_defaults(func=run, steps=None)
+
+
+def add_arguments(p):
+    """The options of ``compare`` (shared with ``demo``, which only changes their defaults)."""
     p.add_argument("--models", default=DEFAULT_MODELS, help="comma-separated zoo names or file.py:Class")
     add_common(p)
     p.add_argument("--K", type=int, default=50, help="importance samples for the IWAE bound and k̂ (0: skip)")
@@ -18,7 +24,6 @@ def register(sub):
     p.add_argument("--pfode-samples", type=int, default=1, help="draws of z_0 ~ q(z_0|x) per image for the PF-ODE bound")
     p.add_argument("--out", default="reports/compare")
     p.add_argument("--no-render", action="store_true", help="skip the plate diagrams")
-    p.set_defaults(func=run, steps=None)
 
 
 def run(args):

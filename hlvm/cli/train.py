@@ -33,6 +33,10 @@ def add_common(p):
     p.add_argument("--kl-warmup", type=int, default=0,
                    help="steps over which the latents' KL weight β rises linearly from 0 to 1 (0: off)")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--log-every", type=int, default=0, help="steps between progress lines instead of a progress bar "
+                   "(0: a bar on a terminal, about 20 lines a run otherwise)")
+    p.add_argument("--tensorboard", action="store_true", help="also log losses, ELBO terms and sample grids for "
+                   "TensorBoard into the run folder (metrics.jsonl is always written)")
 
 
 def register(sub):
@@ -61,7 +65,8 @@ def config_from(args, model: str, out: str):
                        estimator=getattr(args, "estimator", "auto"), resume=getattr(args, "resume", False),
                        eval_every=getattr(args, "eval_every", 0), checkpoint_every=getattr(args, "checkpoint_every", 0),
                        grad_shards=getattr(args, "grad_shards", 1), kl_warmup=args.kl_warmup, free_bits=args.free_bits,
-                       grad_clip=args.grad_clip, skip_norm=args.skip_norm)
+                       grad_clip=args.grad_clip, skip_norm=args.skip_norm, log_every=args.log_every,
+                       tensorboard=args.tensorboard)
 
 
 def run(args):
