@@ -88,7 +88,7 @@ def describe_values(x: torch.Tensor) -> str:
     """What is wrong with the values of ``x``, for an error message: NaN/inf counts, else the range."""
     nan, inf = int(torch.isnan(x).sum()), int(torch.isinf(x).sum())
     if nan or inf:
-        return f"the data contain NaN ({nan} value(s)) or inf ({inf}) of {x.numel()}"
+        return f"the data contain {nan} NaN and {inf} infinite value(s) of {x.numel()}"
     lo, hi = float(x.min()), float(x.max())
     integral = bool((x == x.round()).all())
     return f"got {'integer ' if integral else ''}values in [{lo:g}, {hi:g}]"

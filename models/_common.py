@@ -8,6 +8,32 @@ import pyro.distributions as dist
 import torch
 
 from hlvm.programs.likelihoods import Likelihood, make_likelihood
+from hlvm.validate import check_data, check_float, check_int, check_shape
+
+
+def check_sizes(data_shape, **sizes) -> tuple:
+    """The zoo's constructor checks, written once: ``data_shape`` a tuple of positive integers and
+    each of ``sizes`` (name → (value, minimum)) an integer >= its minimum.  Returns data_shape."""
+    for name, (value, minimum) in sizes.items():
+        check_int(name, value, minimum)
+    return check_shape("data_shape", data_shape)
+
+
+def check_gamma_range(gamma_min, gamma_max) -> None:
+    """γ(0) = gamma_min < γ(1) = gamma_max, both finite (the schedule's endpoints, −log SNR)."""
+    check_float("gamma_min", gamma_min)
+    check_float("gamma_max", gamma_max, minimum=gamma_min, strict=True)
+
+
+def prepare(module: torch.nn.Module, x: torch.Tensor, values: bool = True) -> torch.Tensor:
+    """Data entering ``module``'s programs: shape (batch, *data_shape) checked and cast to the
+    parameters' dtype (:func:`hlvm.validate.check_data`), then, with ``values``, the likelihood's
+    check of its representation (only while Pyro validation is on)."""
+    ref = next((p for p in module.parameters() if torch.is_floating_point(p)), None)
+    x = check_data(x, module.data_shape, None if ref is None else ref.dtype)
+    if values:
+        module.likelihood.check(x)
+    return x
 
 
 def resolve_likelihood(likelihood, data_shape) -> Likelihood:
