@@ -35,7 +35,10 @@ def check_int(name: str, value, minimum: int | None = 1, maximum: int | None = N
 
 def check_float(name: str, value, minimum: float | None = None, maximum: float | None = None,
                 strict: bool = False) -> float:
-    """``value`` as a finite float in [minimum, maximum] (open interval when ``strict``)."""
+    """``value`` (a number or a one-element tensor) as a finite float in [minimum, maximum] (open
+    interval when ``strict``)."""
+    if isinstance(value, torch.Tensor) and value.numel() == 1 and not value.is_complex():
+        value = value.item()
     ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
     if ok:
         lo = minimum is None or (value > minimum if strict else value >= minimum)

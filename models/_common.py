@@ -46,11 +46,20 @@ def resolve_likelihood(likelihood, data_shape) -> Likelihood:
 
 
 def batch_of(x, batch_size) -> int:
+    """The batch size of a program run on data ``x``, or on none (sampling) with ``batch_size``."""
     if x is not None:
         return x.shape[0]
     if batch_size is None:
-        raise ValueError("give x or batch_size")
-    return int(batch_size)
+        raise ValueError("give the data x, or batch_size (an integer >= 1) to run the model without data")
+    return check_int("batch_size", batch_size, 1)
+
+
+def check_fourier(fourier) -> None:
+    """``fourier``: None, or ``(n_min, n_max)``, integers with n_min <= n_max (Fourier features 2^n π z)."""
+    ok = fourier is None or (isinstance(fourier, (tuple, list)) and len(fourier) == 2 and
+                             all(isinstance(n, int) and not isinstance(n, bool) for n in fourier) and fourier[0] <= fourier[1])
+    if not ok:
+        raise ValueError(f"fourier must be None or (n_min, n_max), two integers with n_min <= n_max, got {fourier!r}")
 
 
 def std_normal(batch: int, dim: int, like: torch.Tensor):

@@ -25,7 +25,7 @@ from hlvm.programs.chain import DiffusionChain, collapsed
 from hlvm.nets import MLPBackbone, UNet
 from hlvm.diffusion.schedules import NoiseSchedule, make_schedule
 
-from ._common import check_gamma_range, check_sizes, prepare, resolve_likelihood
+from ._common import batch_of, check_fourier, check_gamma_range, check_sizes, prepare, resolve_likelihood
 
 __all__ = ["VDM"]
 
@@ -47,6 +47,7 @@ class VDM(PyroModule):
                  width: int = 512, depth: int = 3, fourier=None, trace_steps: int = 4):
         super().__init__()
         self.data_shape = check_sizes(data_shape, width=(width, 1), depth=(depth, 0), trace_steps=(trace_steps, 1))
+        check_fourier(fourier)
         if not isinstance(schedule, NoiseSchedule):
             check_gamma_range(gamma_min, gamma_max)
         self.likelihood = resolve_likelihood(likelihood, self.data_shape)
@@ -71,7 +72,7 @@ class VDM(PyroModule):
     @pyro_method
     def model(self, x=None, batch_size=None):
         x = None if x is None else prepare(self, x, values=False)  # the chain checks the values
-        b = x.shape[0] if x is not None else batch_size
+        b = batch_of(x, batch_size)
         chain = self.chain  # registers the denoiser (and a learned schedule) once, outside the plate
         with pyro.plate("data", b):
             return chain.model("x", x, batch_size=b)

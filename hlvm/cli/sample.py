@@ -73,6 +73,7 @@ def run(args):
     check_int("--n", args.n, 1)
     if args.steps is not None:
         check_int("--steps", args.steps, 1)
+    check_int("--seed", args.seed, 0, 2**32 - 1)
     check_device("--device", args.device)
     out = output_path(args.out)
     m, ck = load_trained(args.model, args.checkpoint, args.device)

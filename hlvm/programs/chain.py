@@ -91,7 +91,7 @@ class DiffusionChain(nn.Module):
     def __init__(self, denoiser: nn.Module, schedule: nn.Module, likelihood: Likelihood, T: int | None = None,
                  name: str = "z", trace_steps: int = 4):
         super().__init__()
-        if T is not None and (not isinstance(T, int) or T < 1):
+        if T is not None and (not isinstance(T, int) or isinstance(T, bool) or T < 1):
             raise ValueError(f"T must be a positive integer or None (continuous time), got {T!r}")
         if trace_steps < 1:
             raise ValueError(f"trace_steps must be >= 1, got {trace_steps}")

@@ -39,6 +39,7 @@ def checkpoint(tmp_path_factory):
     (["--n", "-3"], ["--n must be an integer >= 1", "got -3"]),
     (["--out", "grid.foo"], ["--out", "unknown image file extension '.foo'"]),
     (["--device", "tpu"], ["--device must be cpu, cuda or cuda:N"]),
+    (["--seed", "-1"], ["--seed must be an integer in [0, 4294967295], got -1"]),
 ])
 def test_sample_refuses_bad_options(checkpoint, tmp_path, args, words):
     r = hlvm("sample", "vae", "--checkpoint", checkpoint, *args, cwd=tmp_path)
@@ -68,6 +69,12 @@ def test_render_full_refuses_huge_T_at_once(tmp_path):
     # the compact figure of the same chain is drawn
     r = hlvm("render", "vdm", "--T", "100000", "--format", "dot", "--out", tmp_path, timeout=60)
     assert r.returncode == 0, r.stderr and (tmp_path / "vdm.dot").exists()
+
+
+def test_render_layers_bounded(tmp_path):
+    r = hlvm("render", "hvae-bu", "--layers", "1000", "--format", "dot", "--out", tmp_path, timeout=60)
+    assert_one_line_error(r, "render", "--layers must be an integer in [1, 100], got 1000")
+    assert list(tmp_path.iterdir()) == []
 
 
 # ------------------------------------------------------------------------ a user's broken model file

@@ -60,6 +60,10 @@ def loss(m, x):
     (VDM, dict(gamma_min=5.0, gamma_max=-13.3), r"gamma_max must be a finite number > 5.0"),
     (VDM, dict(gamma_min=float("nan")), r"gamma_min must be a finite number, got nan"),
     (VDM, dict(backbone="transformer"), r"unknown backbone 'transformer'"),
+    (VDM, dict(T=True), r"T must be a positive integer or None \(continuous time\), got True"),
+    (VDM, dict(fourier=7), r"fourier must be None or \(n_min, n_max\), two integers with n_min <= n_max, got 7"),
+    (VDM, dict(fourier=(8, 6)), r"fourier must be None or \(n_min, n_max\).*got \(8, 6\)"),
+    (VDM, dict(parameterization="noise"), r"unknown parameterization 'noise'"),
 ])
 def test_constructor_arguments_refused_by_name(cls, kwargs, match):
     with pytest.raises(ValueError, match=match):
@@ -139,6 +143,15 @@ def test_8bit_vs_binary_ranges(cls):
 
 
 # ------------------------------------------------------------------------------- sampling
+@pytest.mark.parametrize("cls", list(SMALL))
+def test_model_without_data_needs_a_batch_size(cls):
+    m = small(cls)
+    with pytest.raises(ValueError, match="batch_size must be an integer >= 1, got -1"):
+        m.model(batch_size=-1)
+    with pytest.raises(ValueError, match=r"give the data x, or batch_size \(an integer >= 1\)"):
+        m.model()
+
+
 @pytest.mark.parametrize("n", [-1, 0, 2.0])
 def test_sample_count_refused(n):
     m = small(VDM)
