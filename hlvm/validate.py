@@ -97,12 +97,12 @@ def describe_values(x: torch.Tensor) -> str:
     return f"got {'integer ' if integral else ''}values in [{lo:g}, {hi:g}]"
 
 
-def check_data(x, data_shape, dtype: torch.dtype | None = None, name: str = "x") -> torch.Tensor:
+def check_data(x, data_shape, dtype: torch.dtype | None = None, name: str = "x", finite: bool = True) -> torch.Tensor:
     """Data as a model of per-example shape ``data_shape`` takes it: a tensor (batch, *data_shape).
 
     Shape and type are checked on every call; a real or integer tensor of another dtype is cast to
-    ``dtype`` (the model's parameters' dtype: exact for binary and 8-bit data); NaN and ±inf are
-    refused while Pyro validation is enabled.
+    ``dtype`` (the model's parameters' dtype: exact for binary and 8-bit data); with ``finite``,
+    NaN and ±inf are refused while Pyro validation is enabled (one pass over the values).
     """
     shape = tuple(data_shape)
     expected = f"(batch, {', '.join(map(str, shape))})"
@@ -114,7 +114,7 @@ def check_data(x, data_shape, dtype: torch.dtype | None = None, name: str = "x")
         raise ValueError(f"{name} must be real-valued, got dtype {x.dtype}")
     if dtype is not None and x.dtype != dtype:
         x = x.to(dtype)
-    if is_validation_enabled() and torch.is_floating_point(x) and not bool(torch.isfinite(x).all()):
+    if finite and is_validation_enabled() and torch.is_floating_point(x) and not bool(torch.isfinite(x).all()):
         raise ValueError(f"{name}: {describe_values(x)}")
     return x
 

@@ -25,12 +25,14 @@ def check_gamma_range(gamma_min, gamma_max) -> None:
     check_float("gamma_max", gamma_max, minimum=gamma_min, strict=True)
 
 
-def prepare(module: torch.nn.Module, x: torch.Tensor, values: bool = True) -> torch.Tensor:
+def prepare(module: torch.nn.Module, x: torch.Tensor, values: bool | None = True) -> torch.Tensor:
     """Data entering ``module``'s programs: shape (batch, *data_shape) checked and cast to the
-    parameters' dtype (:func:`hlvm.validate.check_data`), then, with ``values``, the likelihood's
-    check of its representation (only while Pyro validation is on)."""
+    parameters' dtype (:func:`hlvm.validate.check_data`).  While Pyro validation is on, at most ONE
+    pass over the values: ``values=True`` the likelihood's check of its representation (NaN and
+    ±inf fail it too, and its message names them), ``False`` the check for NaN and ±inf alone
+    (a guide, run before the model), ``None`` none (a program that checks them itself)."""
     ref = next((p for p in module.parameters() if torch.is_floating_point(p)), None)
-    x = check_data(x, module.data_shape, None if ref is None else ref.dtype)
+    x = check_data(x, module.data_shape, None if ref is None else ref.dtype, finite=values is False)
     if values:
         module.likelihood.check(x)
     return x

@@ -78,7 +78,7 @@ class BottomUpHVAE(PyroModule):
 
     @pyro_method
     def guide(self, x=None, batch_size=None):
-        x = prepare(self, x, values=False)  # the model checks the values
+        x = prepare(self, x, values=False)  # NaN/inf only: the model checks the representation
         encoders = self.encoders
         with pyro.plate("data", x.shape[0]):
             h = self.likelihood.to_model_space(x)

@@ -158,7 +158,7 @@ class TopDownHVAE(PyroModule):
 
     @pyro_method
     def guide(self, x=None, batch_size=None):
-        x = prepare(self, x, values=False)  # the model checks the values
+        x = prepare(self, x, values=False)  # NaN/inf only: the model checks the representation
         xt = self.likelihood.to_model_space(x).flatten(1)  # (B, D)
         if self.posterior == "diffusion":
             g = self._levels(xt)

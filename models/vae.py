@@ -54,7 +54,7 @@ class VAE(PyroModule):
 
     @pyro_method
     def guide(self, x=None, batch_size=None):
-        x = prepare(self, x, values=False)  # the model checks the values
+        x = prepare(self, x, values=False)  # NaN/inf only: the model checks the representation
         encoder = self.encoder
         with pyro.plate("data", x.shape[0]):
             loc, scale = encoder(self.likelihood.to_model_space(x))

@@ -71,7 +71,7 @@ class VDM(PyroModule):
 
     @pyro_method
     def model(self, x=None, batch_size=None):
-        x = None if x is None else prepare(self, x, values=False)  # the chain checks the values
+        x = None if x is None else prepare(self, x, values=None)  # the chain checks the values
         b = batch_of(x, batch_size)
         chain = self.chain  # registers the denoiser (and a learned schedule) once, outside the plate
         with pyro.plate("data", b):
@@ -79,7 +79,7 @@ class VDM(PyroModule):
 
     @pyro_method
     def guide(self, x=None, batch_size=None):
-        x = prepare(self, x, values=False)  # the model's chain checks the values
+        x = prepare(self, x, values=False)  # NaN/inf only: the model's chain checks the representation
         if collapsed():
             # DiffusionELBO collapses the chain: q has no sites, and the model registers the parameters
             return None
