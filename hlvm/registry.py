@@ -82,7 +82,7 @@ def _import_file(path: str):
         spec.loader.exec_module(module)
     except Exception as e:  # a user's file that fails to import is bad input: name file and line
         del sys.modules[mod_name]
-        raise user_error(e, path, "could not import") from e
+        raise user_error(e, path, "could not import", preposition="") from e
     return module
 
 
@@ -94,7 +94,7 @@ def _construct(cls, spec: str, kwargs: dict):
     except Exception as e:
         path, _, name = spec.rpartition(":")
         if path and os.path.isfile(path):
-            raise user_error(e, path, f"{name}(...) failed at") from e
+            raise user_error(e, path, f"{name}(...) failed") from e
         if isinstance(e, ValueError):
             raise
         raise ValueError(f"model {spec!r} could not be built: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from e

@@ -119,16 +119,19 @@ def check_data(x, data_shape, dtype: torch.dtype | None = None, name: str = "x",
     return x
 
 
-def user_error(exc: BaseException, path: str, what: str) -> ValueError:
-    """A one-line ValueError for an exception raised by a user's file: ``what path:line: Type: msg``.
+def user_error(exc: BaseException, path: str, what: str, preposition: str = "in") -> ValueError:
+    """A one-line ValueError for an exception raised by a user's file:
+    ``<what> <preposition> path:line: Type: message`` (``<what>: Type: message`` without a path).
 
     The line is the last traceback frame inside ``path`` (a SyntaxError's own line number).
     """
-    if isinstance(exc, SyntaxError) and exc.lineno and exc.filename and os.path.abspath(exc.filename) == os.path.abspath(path):
+    line = None
+    if path and isinstance(exc, SyntaxError) and exc.lineno and exc.filename \
+            and os.path.abspath(exc.filename) == os.path.abspath(path):
         line = exc.lineno
-    else:
+    elif path:
         frames = [f for f in traceback.extract_tb(exc.__traceback__) if os.path.abspath(f.filename) == os.path.abspath(path)]
         line = frames[-1].lineno if frames else None
-    where = f"{path}:{line}" if line else path
+    where = "" if not path else " ".join(filter(None, [preposition, f"{path}:{line}" if line else path]))
     msg = str(exc).splitlines()[0] if str(exc) else ""
-    return ValueError(f"{what} {where}: {type(exc).__name__}{': ' + msg if msg else ''}")
+    return ValueError(f"{what}{' ' + where if where else ''}: {type(exc).__name__}{': ' + msg if msg else ''}")

@@ -92,7 +92,7 @@ def check_hierarchy(hierarchy, name: str | None = None) -> None:
             guide_trace = poutine.trace(hierarchy.guide).get_trace(x)
         except Exception as e:
             raise user_error(e, _source_file(hierarchy), f"{name}: model(x)/guide(x) failed on a batch of shape "
-                             f"{tuple(x.shape)} at") from e
+                             f"{tuple(x.shape)}") from e
     site = model_trace.nodes.get(SITE)
     if site is None or site["type"] != "sample" or not site["is_observed"]:
         raise ValueError(f"{name} breaks the Hierarchy contract: model(x) must observe the data at the sample site "
