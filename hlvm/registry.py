@@ -14,10 +14,10 @@ import importlib.util
 import inspect
 import os
 import sys
-import traceback
 from importlib.metadata import entry_points
 
 from .programs.contract import check_hierarchy
+from .validate import user_error
 
 __all__ = ["ENTRY_POINT_GROUP", "register", "names", "load_class", "accepts", "build_model"]
 
@@ -82,13 +82,22 @@ def _import_file(path: str):
         spec.loader.exec_module(module)
     except Exception as e:  # a user's file that fails to import is bad input: name file and line
         del sys.modules[mod_name]
-        frames = [f for f in traceback.extract_tb(e.__traceback__) if os.path.abspath(f.filename) == os.path.abspath(path)]
-        if isinstance(e, SyntaxError) and e.lineno:
-            where = f"{path}:{e.lineno}"
-        else:
-            where = f"{path}:{frames[-1].lineno}" if frames else path
-        raise ValueError(f"could not import {where}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None
+        raise user_error(e, path, "could not import", preposition="") from e
     return module
+
+
+def _construct(cls, spec: str, kwargs: dict):
+    """``cls(**kwargs)`` as a one-line ValueError when it fails: naming the file and line for a
+    user's ``path/file.py:Class``; a zoo class's own ValueError (its argument checks) as it is."""
+    try:
+        return cls(**kwargs)
+    except Exception as e:
+        path, _, name = spec.rpartition(":")
+        if path and os.path.isfile(path):
+            raise user_error(e, path, f"{name}(...) failed") from e
+        if isinstance(e, ValueError):
+            raise
+        raise ValueError(f"model {spec!r} could not be built: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from e
 
 
 def accepts(spec: str, option: str) -> bool:
@@ -119,6 +128,6 @@ def build_model(spec: str, data_shape=None, kind: str | None = "binary", T: int 
     # T=None is meaningful (continuous time) for a class that takes T: always passed
     chosen = {k: v for k, v in candidates.items()
               if (k in params or accepts_any) and (v is not None or k == "T" or k in kwargs)}
-    model = cls(**chosen)
+    model = _construct(cls, spec, chosen)
     check_hierarchy(model, spec)
     return model

@@ -20,7 +20,9 @@ from torch import nn
 
 from hlvm.programs.layers import GaussianLayer, mlp
 
-from ._common import batch_of, flat_dim, ref_tensor, resolve_likelihood, std_normal
+from hlvm.validate import check_int
+
+from ._common import batch_of, check_sizes, flat_dim, prepare, ref_tensor, resolve_likelihood, std_normal
 
 __all__ = ["BottomUpHVAE"]
 
@@ -37,7 +39,9 @@ class BottomUpHVAE(PyroModule):
     def __init__(self, data_shape=(1, 28, 28), likelihood="binary", latent_dims=None, layers: int | None = None,
                  hidden: int = 256, depth: int = 1):
         super().__init__()
-        self.data_shape = tuple(data_shape)
+        self.data_shape = check_sizes(data_shape, hidden=(hidden, 1), depth=(depth, 0))
+        if layers is not None:
+            check_int("layers", layers, 1)
         self.likelihood = resolve_likelihood(likelihood, self.data_shape)
         if latent_dims is None:
             latent_dims = (32, 16) if layers is None else 16
@@ -46,8 +50,8 @@ class BottomUpHVAE(PyroModule):
         elif layers is not None and layers != len(latent_dims):
             raise ValueError(f"layers={layers} does not match latent_dims of length {len(latent_dims)}")
         if len(latent_dims) < 1:
-            raise ValueError("need at least one latent layer")
-        self.latent_dims = tuple(int(d) for d in latent_dims)
+            raise ValueError("latent_dims must name at least one latent layer, got ()")
+        self.latent_dims = tuple(check_int(f"latent_dims[{i}]", d, 1) for i, d in enumerate(latent_dims))
         self.L = len(self.latent_dims)
         d = flat_dim(self.data_shape)
         dims = self.latent_dims
@@ -60,9 +64,8 @@ class BottomUpHVAE(PyroModule):
 
     @pyro_method
     def model(self, x=None, batch_size=None):
+        x = None if x is None else prepare(self, x)
         b = batch_of(x, batch_size)
-        if x is not None:
-            self.likelihood.check(x)
         ref = ref_tensor(self, x)
         transitions, decoder = self.transitions, self.decoder  # one Pyro registration per run, outside the plate
         with pyro.plate("data", b):
@@ -75,6 +78,7 @@ class BottomUpHVAE(PyroModule):
 
     @pyro_method
     def guide(self, x=None, batch_size=None):
+        x = prepare(self, x, values=False)  # NaN/inf only: the model checks the representation
         encoders = self.encoders
         with pyro.plate("data", x.shape[0]):
             h = self.likelihood.to_model_space(x)

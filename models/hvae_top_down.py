@@ -35,7 +35,10 @@ from hlvm.programs.layers import GaussianLayer, deterministic, mlp, precision_me
 from hlvm.nets import MLPBackbone
 from hlvm.diffusion.schedules import NoiseSchedule, make_schedule
 
-from ._common import batch_of, flat_dim, ref_tensor, resolve_likelihood, std_normal
+from hlvm.validate import check_int
+
+from ._common import (batch_of, check_gamma_range, check_sizes, flat_dim, prepare, ref_tensor, resolve_likelihood,
+                      std_normal)
 
 __all__ = ["TopDownHVAE"]
 
@@ -61,8 +64,9 @@ class TopDownHVAE(PyroModule):
                  posterior: str = "learned", transition: str = "gaussian", schedule="linear",
                  gamma_min: float = -6.0, gamma_max: float = 6.0):
         super().__init__()
-        if layers < 1:
-            raise ValueError(f"layers must be >= 1, got {layers}")
+        check_sizes(data_shape, layers=(layers, 1), hidden=(hidden, 1), depth=(depth, 0))
+        if posterior == "diffusion":
+            check_gamma_range(gamma_min, gamma_max)
         for arg, value, allowed in (("merge", merge, ("precision", "residual")), ("posterior", posterior, ("learned", "diffusion")),
                                     ("transition", transition, ("gaussian", "denoiser"))):
             if value not in allowed:
@@ -76,9 +80,9 @@ class TopDownHVAE(PyroModule):
         if posterior == "diffusion":
             dims = (d,) * layers
         elif isinstance(latent_dim, int):
-            dims = (latent_dim,) * layers
+            dims = (check_int("latent_dim", latent_dim, 1),) * layers
         else:
-            dims = tuple(int(v) for v in latent_dim)
+            dims = tuple(check_int(f"latent_dim[{i}]", v, 1) for i, v in enumerate(latent_dim))
             if len(dims) != layers:
                 raise ValueError(f"latent_dim has {len(dims)} entries but layers={layers}")
         if shared and len(set(dims)) != 1:
@@ -141,9 +145,8 @@ class TopDownHVAE(PyroModule):
     # ------------------------------------------------------------------ the Pyro program
     @pyro_method
     def model(self, x=None, batch_size=None):
+        x = None if x is None else prepare(self, x)
         b = batch_of(x, batch_size)
-        if x is not None:
-            self.likelihood.check(x)
         ref = ref_tensor(self, x)
         p_transition, decoder = self.transitions_fn(ref), self.decoder  # registered once, outside the plate
         with pyro.plate("data", b):
@@ -155,6 +158,7 @@ class TopDownHVAE(PyroModule):
 
     @pyro_method
     def guide(self, x=None, batch_size=None):
+        x = prepare(self, x, values=False)  # NaN/inf only: the model checks the representation
         xt = self.likelihood.to_model_space(x).flatten(1)  # (B, D)
         if self.posterior == "diffusion":
             g = self._levels(xt)

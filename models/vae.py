@@ -16,7 +16,7 @@ from pyro.nn import PyroModule, pyro_method
 
 from hlvm.programs.layers import GaussianLayer, mlp
 
-from ._common import batch_of, flat_dim, ref_tensor, resolve_likelihood, std_normal
+from ._common import batch_of, check_sizes, flat_dim, prepare, ref_tensor, resolve_likelihood, std_normal
 
 __all__ = ["VAE"]
 
@@ -34,7 +34,7 @@ class VAE(PyroModule):
     def __init__(self, data_shape=(1, 28, 28), likelihood="binary", latent_dim: int = 20, hidden: int = 400,
                  depth: int = 1, encoder=None, decoder=None):
         super().__init__()
-        self.data_shape = tuple(data_shape)
+        self.data_shape = check_sizes(data_shape, latent_dim=(latent_dim, 1), hidden=(hidden, 1), depth=(depth, 0))
         self.likelihood = resolve_likelihood(likelihood, self.data_shape)
         d = flat_dim(self.data_shape)
         self.latent_dim = latent_dim
@@ -43,9 +43,8 @@ class VAE(PyroModule):
 
     @pyro_method
     def model(self, x=None, batch_size=None):
+        x = None if x is None else prepare(self, x)
         b = batch_of(x, batch_size)
-        if x is not None:
-            self.likelihood.check(x)
         ref = ref_tensor(self, x)
         decoder = self.decoder  # registers its parameters with Pyro: once per run, outside the plate
         with pyro.plate("data", b):
@@ -55,6 +54,7 @@ class VAE(PyroModule):
 
     @pyro_method
     def guide(self, x=None, batch_size=None):
+        x = prepare(self, x, values=False)  # NaN/inf only: the model checks the representation
         encoder = self.encoder
         with pyro.plate("data", x.shape[0]):
             loc, scale = encoder(self.likelihood.to_model_space(x))
@@ -63,5 +63,5 @@ class VAE(PyroModule):
     @torch.no_grad()
     def reconstruct(self, x):
         """The decoder's mean at the posterior mean of z (``hlvm compare``'s reconstruction grid)."""
-        loc, _ = self.encoder(self.likelihood.to_model_space(x))
+        loc, _ = self.encoder(self.likelihood.to_model_space(prepare(self, x)))
         return self.likelihood.mean(self.likelihood.from_decoder(self.decoder(loc)))

@@ -25,7 +25,7 @@ from hlvm.programs.chain import DiffusionChain, collapsed
 from hlvm.nets import MLPBackbone, UNet
 from hlvm.diffusion.schedules import NoiseSchedule, make_schedule
 
-from ._common import resolve_likelihood
+from ._common import batch_of, check_fourier, check_gamma_range, check_sizes, prepare, resolve_likelihood
 
 __all__ = ["VDM"]
 
@@ -46,7 +46,10 @@ class VDM(PyroModule):
                  gamma_min: float = -13.3, gamma_max: float = 5.0, backbone="mlp", parameterization: str = "auto",
                  width: int = 512, depth: int = 3, fourier=None, trace_steps: int = 4):
         super().__init__()
-        self.data_shape = tuple(data_shape)
+        self.data_shape = check_sizes(data_shape, width=(width, 1), depth=(depth, 0), trace_steps=(trace_steps, 1))
+        check_fourier(fourier)
+        if not isinstance(schedule, NoiseSchedule):
+            check_gamma_range(gamma_min, gamma_max)
         self.likelihood = resolve_likelihood(likelihood, self.data_shape)
         self.schedule = schedule if isinstance(schedule, NoiseSchedule) else make_schedule(schedule, gamma_min, gamma_max)
         if isinstance(backbone, nn.Module):
@@ -68,13 +71,15 @@ class VDM(PyroModule):
 
     @pyro_method
     def model(self, x=None, batch_size=None):
-        b = x.shape[0] if x is not None else batch_size
+        x = None if x is None else prepare(self, x, values=None)  # the chain checks the values
+        b = batch_of(x, batch_size)
         chain = self.chain  # registers the denoiser (and a learned schedule) once, outside the plate
         with pyro.plate("data", b):
             return chain.model("x", x, batch_size=b)
 
     @pyro_method
     def guide(self, x=None, batch_size=None):
+        x = prepare(self, x, values=False)  # NaN/inf only: the model's chain checks the representation
         if collapsed():
             # DiffusionELBO collapses the chain: q has no sites, and the model registers the parameters
             return None
@@ -88,7 +93,7 @@ class VDM(PyroModule):
 
     def reconstruct(self, x, t: float = 0.3):
         """Noise x to level t, then denoise it back with the generative chain (mean of p(x | z_0))."""
-        return self.chain.reconstruct(x, t=t)
+        return self.chain.reconstruct(prepare(self, x), t=t)
 
     def langevin_sample(self, n: int, steps: int = 100, corrector_steps: int = 1, snr: float = 0.16,
                         return_mean: bool = True, generator=None):

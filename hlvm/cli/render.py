@@ -33,21 +33,22 @@ def register(sub):
                                    "'all' for the four, or path/to/file.py:ClassName.")
     p.add_argument("model", help="vae | hvae-bu | hvae-td | vdm | all | path/to/file.py:ClassName")
     p.add_argument("--T", default="4", help="diffusion steps (an integer, or 'inf' for continuous time; default 4)")
-    p.add_argument("--layers", type=int, default=3, help="stochastic layers of the hierarchical VAEs (default 3)")
+    p.add_argument("--layers", type=int, default=3, help="stochastic layers of the hierarchical VAEs, 1..100 (default 3)")
     p.add_argument("--out", default=".", help="output directory (created if missing; default .)")
     p.add_argument("--format", default="svg", choices=("svg", "png", "pdf", "dot"))
     p.add_argument("--distributions", action="store_true", help="label every site with its distribution")
-    p.add_argument("--full", action="store_true", help="draw every step of long chains")
+    p.add_argument("--full", action="store_true", help="draw every step of long chains (chains of at most 100 steps)")
     p.set_defaults(func=run)
 
 
 def run(args):
     from hlvm.graph import render_module
+    from hlvm.graph.draw import FULL_MAX_STEPS
     from hlvm.registry import build_model, names
+    from hlvm.validate import check_int
 
     T = _steps(str(args.T))
-    if args.layers < 1:
-        raise ValueError(f"--layers must be >= 1, got {args.layers}")
+    check_int("--layers", args.layers, 1, FULL_MAX_STEPS)  # every layer is drawn: Graphviz needs minutes above
     specs = names() if args.model == "all" else (args.model,)
     for spec in specs:
         module = build_model(spec, kind=None, T=T, layers=args.layers, strict=False)

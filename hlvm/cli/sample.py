@@ -1,28 +1,41 @@
-"""``hlvm sample MODEL --checkpoint PATH``: a PNG grid of samples from a trained model."""
+"""``hlvm sample MODEL --checkpoint PATH``: a PNG grid of samples from a trained model.
+
+Options are checked before the checkpoint is read: ``--n`` and ``--steps`` positive, ``--device``
+present on this machine, ``--out`` an image file name (an existing directory, or a name ending in
+``/``, gets ``samples.png`` inside it).
+"""
 
 from __future__ import annotations
 
 import os
+
+__all__ = ["register", "run", "load_trained", "output_path", "DEFAULT_NAME"]
+
+#: the file written inside a directory given as ``--out``
+DEFAULT_NAME = "samples.png"
 
 
 def register(sub):
     p = sub.add_parser("sample", help="a PNG grid of samples from a checkpoint")
     p.add_argument("model", help="vae | hvae-bu | hvae-td | vdm | path/to/file.py:ClassName")
     p.add_argument("--checkpoint", required=True, help="checkpoint file or run folder")
-    p.add_argument("--n", type=int, default=64)
-    p.add_argument("--steps", type=int, default=None, help="sampling steps (VDM; default T or 1000)")
+    p.add_argument("--n", type=int, default=64, help="number of samples, >= 1 (default 64)")
+    p.add_argument("--steps", type=int, default=None,
+                   help="sampling steps, >= 1 (VDM; default T, or 1000 in continuous time; --langevin: 100)")
     p.add_argument("--langevin", action="store_true", help="VDM: predictor-corrector annealed Langevin")
-    p.add_argument("--out", default="samples.png")
+    p.add_argument("--out", default=DEFAULT_NAME,
+                   help=f"image file (.png, .jpg, ...); a directory gets {DEFAULT_NAME} inside it (default {DEFAULT_NAME})")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
     p.set_defaults(func=run)
 
 
 def load_trained(model: str, checkpoint: str, device: str = "cpu"):
     """Rebuild a model from a checkpoint's config and weights (EMA weights when present)."""
     from hlvm.train import load_checkpoint
-    from hlvm.registry import build_model
+    from hlvm.registry import build_model, load_class
 
+    load_class(model)  # a bad name or a broken model file is reported before the checkpoint is read
     ck = load_checkpoint(checkpoint, map_location=device)
     cfg = ck["config"]
     if cfg["model"] != model:
@@ -33,6 +46,21 @@ def load_trained(model: str, checkpoint: str, device: str = "cpu"):
     return m.to(device).eval(), ck
 
 
+def output_path(out: str) -> str:
+    """The image file ``--out`` names: ``DEFAULT_NAME`` inside a directory; ValueError for a suffix
+    no image writer knows."""
+    from PIL import Image
+
+    if os.path.isdir(out) or out.endswith(("/", os.sep)):
+        out = os.path.join(out, DEFAULT_NAME)
+    suffix = os.path.splitext(out)[1].lower()
+    known = Image.registered_extensions()
+    if suffix not in known:
+        raise ValueError(f"--out {out!r}: unknown image file extension {suffix or '(none)'!r}; "
+                         f"use .png (or .jpg, .bmp, .tif, ...) or an existing directory")
+    return out
+
+
 def run(args):
     import pyro
     import torch
@@ -40,9 +68,14 @@ def run(args):
     from hlvm.plots import save_grid
     from hlvm.programs.chain import chains_of
     from hlvm.programs.sample import draw
+    from hlvm.validate import check_device, check_int
 
-    if args.n < 1:
-        raise ValueError(f"--n must be >= 1, got {args.n}")
+    check_int("--n", args.n, 1)
+    if args.steps is not None:
+        check_int("--steps", args.steps, 1)
+    check_int("--seed", args.seed, 0, 2**32 - 1)
+    check_device("--device", args.device)
+    out = output_path(args.out)
     m, ck = load_trained(args.model, args.checkpoint, args.device)
     pyro.set_rng_seed(args.seed)
     with torch.no_grad():
@@ -54,6 +87,6 @@ def run(args):
             if args.steps is not None and not chains_of(m):
                 raise ValueError("--steps applies to models with a diffusion chain only")
             x = draw(m, args.n, steps=args.steps)
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    save_grid(x.reshape(args.n, *ck["data"]["shape"]), args.out, ck["data"]["kind"])
-    print(f"wrote {args.out} ({args.n} samples)")
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    save_grid(x.reshape(args.n, *ck["data"]["shape"]), out, ck["data"]["kind"])
+    print(f"wrote {out} ({args.n} samples)")

@@ -27,10 +27,14 @@ from .compact import COMPACT_MIN_STEPS, compact_graph
 from ..programs.chain import chains_of
 from .extract import _TRACE_STEPS, _pair_graphs, example_input
 
-__all__ = ["render", "render_module", "to_graphviz", "write", "GraphvizNotFoundError", "FORMATS"]
+__all__ = ["render", "render_module", "to_graphviz", "write", "GraphvizNotFoundError", "FORMATS", "FULL_MAX_STEPS"]
 
 #: output formats of :func:`render` (``dot`` writes the Graphviz source only)
 FORMATS = ("svg", "png", "pdf", "dot")
+
+#: the most steps a chain may have to be drawn in full (``compact=False``, ``hlvm render --full``):
+#: Graphviz lays out 100 steps in seconds, 500 in minutes
+FULL_MAX_STEPS = 100
 
 _BLUE, _GREY = "#1f62b4", "#8c8c8c"
 
@@ -172,6 +176,8 @@ def render(model, guide=None, *args, filename=None, format: str | None = None, d
         options = {} if title is None else {"title": title}
         return render_module(model, filename=filename, format=format, distributions=distributions,
                              compact=compact, keep_source=keep_source, **options)
+    if not compact:
+        _check_full_size([getattr(f, "__self__", None) for f in (model, guide)] + list(modules or ()))
     policy = (lambda s: _TRACE_STEPS if s >= COMPACT_MIN_STEPS else s) if compact else (lambda s: s)
     G_model, G_guide = _pair_graphs(model, guide, args, kwargs, modules, policy)
     if compact:
@@ -180,6 +186,15 @@ def render(model, guide=None, *args, filename=None, format: str | None = None, d
     if filename is not None:
         write(g, filename, format, keep_source=keep_source)
     return g
+
+
+def _check_full_size(roots) -> None:
+    """Refuse to draw every step of a chain longer than :data:`FULL_MAX_STEPS` (before any tracing)."""
+    for chain in chains_of(*roots):
+        if chain.steps > FULL_MAX_STEPS:
+            raise ValueError(f"drawing every step (--full, compact=False) is limited to chains of at most "
+                             f"{FULL_MAX_STEPS} steps (--T <= {FULL_MAX_STEPS}); chain {chain.name!r} has "
+                             f"{chain.steps}: lower --T or drop --full for the compact figure")
 
 
 def render_module(module: nn.Module, filename=None, *, batch_size: int = 2, x=None, **options) -> graphviz.Digraph:

@@ -33,6 +33,7 @@ from torch import nn
 from ..diffusion import sampling
 from ..diffusion.bound import BoundTerms
 from ..diffusion.gaussian import p_zs_given_zt, q_zs_given_zt_x, q_zt_given_x
+from ..validate import check_float, check_int
 from .likelihoods import GaussianLikelihood, Likelihood
 
 __all__ = ["DiffusionChain", "collapsed", "StockChains", "bound_terms", "chains_of", "override_steps", "latent_likelihood"]
@@ -90,7 +91,7 @@ class DiffusionChain(nn.Module):
     def __init__(self, denoiser: nn.Module, schedule: nn.Module, likelihood: Likelihood, T: int | None = None,
                  name: str = "z", trace_steps: int = 4):
         super().__init__()
-        if T is not None and (not isinstance(T, int) or T < 1):
+        if T is not None and (not isinstance(T, int) or isinstance(T, bool) or T < 1):
             raise ValueError(f"T must be a positive integer or None (continuous time), got {T!r}")
         if trace_steps < 1:
             raise ValueError(f"trace_steps must be >= 1, got {trace_steps}")
@@ -106,6 +107,13 @@ class DiffusionChain(nn.Module):
             raise ValueError(f"{what}={steps} does not fit {type(self.schedule).__name__}, which defines noise levels "
                              f"at {defined} steps only; use a divisor of {defined} ({allowed}) so every level is "
                              "one of the schedule's own (no interpolation)")
+
+    def _sampling_steps(self, steps: int | None) -> int:
+        """The sampler's grid: ``steps`` (an integer >= 1 that fits the schedule), default T, or 1000
+        in continuous time."""
+        steps = (self.T if self.T is not None else 1000) if steps is None else check_int("steps", steps, 1)
+        self._check_grid(steps, "steps")
+        return steps
 
     @property
     def steps(self) -> int:
@@ -178,20 +186,23 @@ class DiffusionChain(nn.Module):
     # ----------------------------------------------------------------- samplers (hlvm.diffusion.sampling)
     def sample(self, n: int, steps: int | None = None, generator=None, return_mean: bool = False, like=None):
         """Ancestral samples of y on a ``steps`` grid (default T; 1000 in continuous time)."""
-        steps = steps or (self.T if self.T is not None else 1000)
-        self._check_grid(steps, "steps")
+        check_int("n", n, 1)
+        steps = self._sampling_steps(steps)
         return sampling.ancestral_sample(self.denoiser, self.schedule, self.likelihood, n, steps, self._ref(like),
                                          generator=generator, return_mean=return_mean)
 
     def reconstruct(self, y: torch.Tensor, t: float = 0.3, steps: int | None = None, generator=None):
         """Noise y to level t, then run the generative chain back to p(y | z_0)'s mean."""
-        steps = steps or (self.T if self.T is not None else 1000)
+        check_float("t", t, 0.0, 1.0)
+        steps = self._sampling_steps(steps)
         return sampling.noise_and_denoise(self.denoiser, self.schedule, self.likelihood, y, t, steps, generator)
 
     def langevin_sample(self, n: int, steps: int = 100, corrector_steps: int = 1, snr: float = 0.16,
                         generator=None, return_mean: bool = False, like=None):
         """Predictor–corrector annealed Langevin sampling (:func:`hlvm.diffusion.sampling.langevin_sample`)."""
-        self._check_grid(steps, "steps")
+        check_int("n", n, 1)
+        check_int("corrector_steps", corrector_steps, 0)
+        self._check_grid(check_int("steps", steps, 1), "steps")
         return sampling.langevin_sample(self.denoiser, self.schedule, self.likelihood, n, steps, self._ref(like),
                                         corrector_steps, snr, generator=generator, return_mean=return_mean)
 

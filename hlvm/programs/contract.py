@@ -18,6 +18,7 @@ arguments ``data_shape``, ``likelihood``, ``T``, ``layers`` that ``hlvm train`` 
 
 from __future__ import annotations
 
+import inspect
 import math
 from typing import Protocol, runtime_checkable
 
@@ -25,6 +26,7 @@ import pyro
 import torch
 from pyro import poutine
 
+from ..validate import check_shape, user_error
 from .chain import StockChains, chains_of, override_steps
 
 __all__ = ["Hierarchy", "check_hierarchy", "example_batch", "PLATE", "SITE"]
@@ -56,6 +58,14 @@ def example_batch(hierarchy, batch_size: int = 2) -> torch.Tensor:
                        device=ref.device if ref is not None else None)
 
 
+def _source_file(hierarchy) -> str:
+    """The file that defines ``hierarchy``'s class (where its errors are reported)."""
+    try:
+        return inspect.getsourcefile(type(hierarchy)) or ""
+    except TypeError:  # a built-in or dynamically made class
+        return ""
+
+
 def check_hierarchy(hierarchy, name: str | None = None) -> None:
     """Raise ValueError naming the first piece of the contract that ``hierarchy`` lacks.
 
@@ -71,11 +81,9 @@ def check_hierarchy(hierarchy, name: str | None = None) -> None:
     if shape is None:
         raise ValueError(f"{name} breaks the Hierarchy contract: it has no data_shape attribute (the shape of one example)")
     try:
-        ok = len(tuple(shape)) >= 1 and all(int(d) == d and d >= 1 for d in shape)
-    except TypeError:
-        ok = False
-    if not ok:
-        raise ValueError(f"{name} breaks the Hierarchy contract: data_shape must be a tuple of positive integers, got {shape!r}")
+        check_shape("data_shape", shape)
+    except ValueError as e:
+        raise ValueError(f"{name} breaks the Hierarchy contract: {e}") from None
     x = example_batch(hierarchy)
     with torch.no_grad(), pyro.validation_enabled(False), pyro.get_param_store().scope(), StockChains(), \
             override_steps(chains_of(hierarchy), lambda s: min(s, 2)):
@@ -83,8 +91,8 @@ def check_hierarchy(hierarchy, name: str | None = None) -> None:
             model_trace = poutine.trace(hierarchy.model).get_trace(x)
             guide_trace = poutine.trace(hierarchy.guide).get_trace(x)
         except Exception as e:
-            raise ValueError(f"{name}: model(x)/guide(x) failed on a batch of shape {tuple(x.shape)}: "
-                             f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from e
+            raise user_error(e, _source_file(hierarchy), f"{name}: model(x)/guide(x) failed on a batch of shape "
+                             f"{tuple(x.shape)}") from e
     site = model_trace.nodes.get(SITE)
     if site is None or site["type"] != "sample" or not site["is_observed"]:
         raise ValueError(f"{name} breaks the Hierarchy contract: model(x) must observe the data at the sample site "

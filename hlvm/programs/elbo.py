@@ -19,11 +19,14 @@ from __future__ import annotations
 
 from pyro import poutine
 from pyro.infer import Trace_ELBO
+from pyro.infer.elbo import ELBOModule
 from pyro.poutine.messenger import Messenger
+from torch import nn
 
 from ..diffusion.bound import BoundTerms, diffusion_bound
 from ..diffusion.timesteps import TimestepSampler
 from ..diffusion.weighting import get_weighting, is_monotone
+from ..validate import check_int
 from .chain import bound_terms
 
 __all__ = ["DiffusionELBO", "CollapseChains"]
@@ -74,14 +77,28 @@ class DiffusionELBO(Trace_ELBO):
         if schedule_objective not in ("elbo", "variance"):
             raise ValueError(f"unknown schedule_objective {schedule_objective!r}; expected 'elbo' or 'variance'")
         self.schedule_objective = schedule_objective
-        if num_t < 1:
-            raise ValueError(f"num_t must be >= 1, got {num_t}")
+        for name, value in (("num_t", num_t), ("eval_nodes", eval_nodes), ("max_batch", max_batch)):
+            check_int(name, value, 1)
         self.sampler_kind = sampler
         TimestepSampler(sampler)  # validates the name now
         self.num_t, self.exact, self.eval_nodes, self.max_batch = num_t, exact, eval_nodes, max_batch
         self.weighting_name = weighting
         self.weighting = get_weighting(weighting)
         self.samplers: dict[str, TimestepSampler] = {}
+
+    def __call__(self, model, guide) -> ELBOModule:
+        """This ELBO as an ``nn.Module`` computing the loss of ``model``/``guide`` (for ``torch.optim``).
+
+        Pyro's ``ELBO.__call__`` finds parameters only on a model and guide that are modules
+        themselves; ``vdm.model`` and ``vdm.guide`` are methods, so the modules they are bound to
+        are registered too and ``DiffusionELBO()(vdm.model, vdm.guide).parameters()`` holds the
+        model's parameters (with ``pyro.settings.set(module_local_params=True)``, as Pyro asks).
+        """
+        module = super().__call__(model, guide)
+        owners = [getattr(f, "__self__", None) for f in (model, guide)]
+        owners = [o for i, o in enumerate(owners) if isinstance(o, nn.Module) and all(o is not p for p in owners[:i])]
+        module.owners = nn.ModuleList(owners)
+        return module
 
     @property
     def is_elbo(self) -> bool:

@@ -27,6 +27,7 @@ from pyro.distributions.torch_distribution import TorchDistribution
 from pyro.infer.util import is_validation_enabled
 
 from ..diffusion.gaussian import pad_gamma
+from ..validate import describe_values
 
 __all__ = ["Likelihood", "BernoulliLikelihood", "Discretized8bitLikelihood", "GaussianLikelihood",
            "GridGaussian", "make_likelihood"]
@@ -98,7 +99,9 @@ class BernoulliLikelihood(Likelihood):
         # x (1 − x) vanishes exactly on {0, 1} (NaN and ±inf give NaN/−inf); one fused count is ~3×
         # cheaper than ((x == 0) | (x == 1)).all() on a batch of images
         if is_validation_enabled() and int(torch.count_nonzero(x * (1 - x))) != 0:
-            raise ValueError("binary likelihood needs data in {0, 1}")
+            hint = ("; 8-bit grey levels? use likelihood='8bit' (CLI: --binarize 8bit)"
+                    if bool(torch.isfinite(x).all()) and float(x.max()) > 1 else "")
+            raise ValueError(f"binary likelihood needs data in {{0, 1}}: {describe_values(x)}{hint}")
 
 
 class GridGaussian(TorchDistribution):
@@ -178,7 +181,9 @@ class Discretized8bitLikelihood(Likelihood):
     def check(self, x):
         super().check(x)
         if is_validation_enabled() and not bool(((x >= 0) & (x <= self.levels - 1) & (x == x.round())).all()):
-            raise ValueError(f"8bit likelihood needs integer data in [0, {self.levels - 1}]")
+            hint = ("; grey levels scaled to [0, 1]? multiply by 255, or use likelihood='binary' for {0, 1} data"
+                    if bool(torch.isfinite(x).all()) and float(x.max()) <= 1 else "")
+            raise ValueError(f"8bit likelihood needs integer data in [0, {self.levels - 1}]: {describe_values(x)}{hint}")
 
 
 class GaussianLikelihood(Likelihood):
@@ -197,6 +202,11 @@ class GaussianLikelihood(Likelihood):
 
     def to_model_space(self, x):
         return x
+
+    def check(self, x):
+        super().check(x)
+        if is_validation_enabled() and not bool(torch.isfinite(x).all()):
+            raise ValueError(f"continuous likelihood needs finite data: {describe_values(x)}")
 
     def from_decoder(self, out):
         loc = out.reshape(out.shape[:1] + self.event_shape)

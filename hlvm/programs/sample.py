@@ -12,6 +12,7 @@ from __future__ import annotations
 import torch
 from pyro import poutine
 
+from ..validate import check_int
 from .chain import StockChains, chains_of, override_steps
 from .contract import SITE, example_batch
 
@@ -27,10 +28,9 @@ def sample(hierarchy, n: int, steps: int | None = None, return_mean: bool = True
         return_mean: the mean of p(x | ·) at the sampled latents (as image grids show) instead of
             a draw of x itself.
     """
-    if not (isinstance(n, int) and n >= 1):
-        raise ValueError(f"n must be a positive integer, got {n!r}")
-    if steps is not None and not (isinstance(steps, int) and steps >= 1):
-        raise ValueError(f"steps must be a positive integer, got {steps!r}")
+    check_int("n", n, 1)
+    if steps is not None:
+        check_int("steps", steps, 1)
     placeholder = example_batch(hierarchy, n)
     continuous = [c for c in chains_of(hierarchy) if c.T is None]
     with torch.no_grad(), StockChains(), override_steps(continuous, lambda s: steps or s):

@@ -116,7 +116,7 @@ def test_compare_and_sample_user_hierarchies(tmp_path):
     (["train", "vae", "--device", "tpu"], "--device must be cpu or cuda"),
     (["train", "vae", "--data", "mnist", "--data-dir", "/proc/1/nonexistent/dir"], "does not exist"),
     (["train", "vae", "--data", "fashion-mnist"], "needs --data-dir"),
-    (["train", "vae", "--data", "cifar10", "--data-dir", "/tmp"], "could not read 'cifar10'"),
+    (["train", "vae", "--data", "cifar10", "--data-dir", "/tmp"], "cifar10 file data_batch_1 not found; looked for /tmp/cifar-10-batches-py/data_batch_1"),
     (["train", "vae", "--resume", "--out", "/nonexistent/run"], "no checkpoint"),
     (["sample", "vae", "--checkpoint", "/nonexistent/ck.pt"], "does not exist"),
     (["compare", "--models", "vae,bogus"], "unknown model 'bogus'"),
