@@ -14,7 +14,8 @@ import torch
 from pyro.infer import SVI, Trace_ELBO
 
 from hlvm.optim import Adam
-from hlvm.programs.discretized import DiscretizedGaussian, GridGaussian, grid_values, log_diff_ndtr, safe_log_ndtr
+from hlvm.programs.discretized import DiscretizedGaussian, GridGaussian, grid_values
+from hlvm.programs.normal_cdf import log_bin_mass, log_ndtr
 from hlvm.programs.likelihoods import Discretized8bitLikelihood
 from models import VAE, VDM, BottomUpHVAE, TopDownHVAE
 
@@ -81,12 +82,13 @@ def test_log_prob_equals_an_arbitrary_precision_cdf_difference():
     assert rel.max() < 10 * _tol(), (rel.max(), int(rel.argmax()))
 
 
-def test_log_diff_ndtr_narrow_intervals_agree_on_both_sides_of_the_midpoint_switch():
+def test_narrow_intervals_agree_on_both_sides_of_the_midpoint_switch():
     # the midpoint series and the CDF difference meet continuously (float64: τ = 0.03)
+    mpmath.mp.dps = 50
     m = torch.linspace(-3, 3, 13, dtype=torch.float64)
     for w in (0.0299, 0.0301):
         w_t = torch.full_like(m, w)
-        got = log_diff_ndtr(m - w / 2, m + w / 2, w_t)
+        got = log_bin_mass(m - w / 2, m + w / 2, w_t)
         ref = torch.tensor([float(mpmath.log(mpmath.ncdf(mi + w / 2) - mpmath.ncdf(mi - w / 2))) for mi in m.tolist()],
                            dtype=torch.float64)
         assert (got - ref).abs().max() < 1e-12
@@ -168,18 +170,30 @@ def test_gradients_are_finite_at_extreme_values(family):
     assert torch.isfinite(gl).all() and torch.isfinite(gs).all()
 
 
-def test_log_ndtr_gradient_is_accurate_in_the_far_tail():
-    # torch's own log_ndtr gradient is off by 13% at −2000 in float32; φ(x)/Φ(x) at 50 digits
+def test_log_ndtr_and_its_gradient_are_accurate_everywhere():
+    # torch's own log_ndtr gradient is off by 13% at −2000 in float32; log Φ and φ/Φ at 50 digits
     mpmath.mp.dps = 50
-    x = torch.tensor([-19.0, -21.0, -300.0, -2000.0, -1e5], requires_grad=True)
-    grad, = torch.autograd.grad(safe_log_ndtr(x).sum(), x)
-    ref = torch.tensor([float(mpmath.npdf(v) / mpmath.ncdf(v)) for v in x.tolist()], dtype=torch.float64)
-    assert torch.allclose(grad.double(), ref, rtol=10 * _tol(), atol=0)
+    x = torch.tensor([-1e5, -2000.0, -300.0, -21.0, -19.0, -12.5, -11.5, -3.0, -0.1, 0.0, 0.1, 4.0, 9.0, 40.0],
+                     requires_grad=True)
+    value = log_ndtr(x)
+    grad, = torch.autograd.grad(value.sum(), x)
+    ref = torch.tensor([float(mpmath.log(mpmath.ncdf(v))) for v in x.tolist()], dtype=torch.float64)
+    ref_grad = torch.tensor([float(mpmath.npdf(v) / mpmath.ncdf(v)) for v in x.tolist()], dtype=torch.float64)
+    assert torch.allclose(value.double(), ref, rtol=10 * _tol(), atol=1e-300)
+    assert torch.allclose(grad.double(), ref_grad, rtol=10 * _tol(), atol=1e-300)
+    # the edge bin k = 0 far below loc: the same φ/Φ through the distribution's analytic gradient
+    loc = torch.tensor([3.0, 40.0], requires_grad=True)
+    scale = torch.tensor([0.001, 0.02])
+    lp_grad, = torch.autograd.grad(DiscretizedGaussian(loc, scale).log_prob(torch.zeros(2)).sum(), loc)
+    b = [(-1 + DELTA - 3.0) / 0.001, (-1 + DELTA - 40.0) / 0.02]
+    expected = torch.tensor([-float(mpmath.npdf(v) / mpmath.ncdf(v)) / s for v, s in zip(b, (0.001, 0.02))], dtype=torch.float64)
+    assert torch.allclose(lp_grad.double(), expected, rtol=10 * _tol(), atol=0)
 
 
 def test_log_prob_gradient_far_from_the_bin_matches_high_precision_differences():
     mpmath.mp.dps = 50
-    cases = [(0, 3.0, 0.01), (255, -3.0, 0.001), (100, 40.0, 0.002), (100, 0.2, 1e-4)]
+    cases = [(0, 3.0, 0.01), (255, -3.0, 0.001), (100, 40.0, 0.002), (100, 0.2, 1e-4), (100, -0.2, 0.5), (7, -0.9, 30.0),
+             (200, 0.57, 0.004), (200, 0.6, 0.01)]
     loc = torch.tensor([c[1] for c in cases], requires_grad=True)
     scale = torch.tensor([c[2] for c in cases])
     k = torch.tensor([c[0] for c in cases])
