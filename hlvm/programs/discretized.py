@@ -55,7 +55,6 @@ class _Grid(TorchDistribution):
     """Shared parts: parameters, support, expand; K = ``levels`` bins on [−1, 1]."""
 
     arg_constraints = {"loc": constraints.real, "scale": constraints.positive}
-    support = constraints.nonnegative_integer
 
     def __init__(self, loc, scale, levels: int = 256, validate_args=None):
         self.loc, self.scale = torch.broadcast_tensors(loc, scale)
@@ -63,8 +62,16 @@ class _Grid(TorchDistribution):
         self.width = 2.0 / self.levels  # Δ
         super().__init__(self.loc.shape, torch.Size(), validate_args=validate_args)
 
+    @property
+    def support(self):
+        return constraints.integer_interval(0, self.levels - 1)
+
     def _index(self, value) -> torch.Tensor:
-        return value.long() if torch.is_tensor(value) else torch.as_tensor(value).long()
+        """Bin indices as longs (checked against the support while validating, as torch does)."""
+        value = value if torch.is_tensor(value) else torch.as_tensor(value)
+        if self._validate_args:
+            self._validate_sample(value)
+        return value.long()
 
     def expand(self, batch_shape, _instance=None):
         return type(self)(self.loc.expand(batch_shape), self.scale.expand(batch_shape), self.levels)

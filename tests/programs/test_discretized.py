@@ -211,6 +211,15 @@ def test_gradients_match_finite_differences():
 
 
 # ------------------------------------------------------------------------------ the likelihood and models
+@pytest.mark.parametrize("family", [DiscretizedGaussian, GridGaussian])
+def test_values_off_the_grid_are_rejected_while_validating(family):
+    d = family(torch.zeros(3), torch.ones(3), validate_args=True)
+    assert torch.isfinite(d.log_prob(torch.tensor([0.0, 17.0, 255.0]))).all()
+    for bad in (256.0, -1.0, 2.5):
+        with pytest.raises(ValueError, match="support"):
+            d.log_prob(torch.tensor([0.0, bad, 1.0]))
+
+
 def test_decoder_forms_and_bad_arguments():
     out = torch.randn(2, 2 * 4)
     assert isinstance(Discretized8bitLikelihood((4,)).from_decoder(out).base_dist, DiscretizedGaussian)
