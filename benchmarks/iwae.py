@@ -5,7 +5,7 @@ MNIST subset, as :func:`hlvm.evaluate` runs it (``torch.no_grad``, eval mode). C
 interleaved, on the same images:
 
 * ``now`` — :func:`hlvm.eval.per_example_log_weights` with its memory-bounded passes
-  (default budget: 16 MiB on CPU; the first pass validated, the others not);
+  (:mod:`hlvm.eval.chunking`: on CPU ~16 MiB a pass; the first pass validated, the others not);
 * ``former`` — the rule before issue 15, re-created here with the same pass function: passes of
   ⌊8,192 / B⌋ draws of the whole batch (~8,192 rows), every pass validated.
 
@@ -46,7 +46,7 @@ def former(model, x, K):
 
 
 def rows_now(model, x) -> int:
-    return W.rows_per_pass(W._bytes_per_row(model.model, model.guide, x, "data"), W.check_memory(None, x.device))
+    return W.rows_per_pass(W._bytes_per_row(model.model, model.guide, x, "data"), W.check_memory(None, x.device), x.device)
 
 
 def run(args) -> dict:

@@ -84,7 +84,7 @@ def evaluate(model, data, elbo=None, batch_size: int = 500, K: int = 0, iwae_bat
         batch_size: examples per ELBO evaluation.
         K: importance samples for the IWAE bound and k̂ (0: skip). k̂ needs K ≥ 25.
         iwae_batch: examples per IWAE call; its K · iwae_batch rows (draws × examples) run in
-            vectorized passes of at most ``iwae_memory`` bytes each (default 16 MiB on CPU, 1 GiB
+            vectorized passes of at most ``iwae_memory`` bytes each (default 1 GiB on CPU, 4 GiB
             on accelerators; the rule is :func:`~hlvm.eval.weights.per_example_log_weights`').
         max_examples: evaluate on the first ``max_examples`` examples only.
         steps: trace steps of continuous-time chains for the IWAE program

@@ -168,9 +168,10 @@ def per_example_log_weights(model, guide=None, x=None, K: int = 1, chunk: int | 
     are **vectorized**: x is repeated along the batch dim so that one pass of the model and guide
     computes many draws at once (row j·n + b is draw j of example b of the pass).
 
-    **Memory bound.** A pass holds at most ⌊memory / (2 · bytes held per row)⌋ rows (see
-    :mod:`hlvm.eval.chunking`; the bytes per row are measured on a one-row probe pass, which does
-    not consume the random stream): ⌊rows / B⌋ draws of the whole batch per pass, or, when one
+    **Memory bound.** A pass holds at most ⌊memory / (2 · bytes held per row)⌋ rows; on CPU it
+    aims at a cache-sized 16 MiB but at no fewer than 256 rows (see :mod:`hlvm.eval.chunking`;
+    the bytes per row are measured on a one-row probe pass, which does not consume the random
+    stream): ⌊rows / B⌋ draws of the whole batch per pass, or, when one
     draw of the batch is already too many rows, slices of the batch one draw at a time. So a
     deep VDM (T = 1000 steps over 784 pixels, ~15 MB a row) and a small VAE (~7 kB a row) both
     stay within ``memory``. ``chunk`` instead fixes the draws per pass (no probe). The first pass
@@ -198,8 +199,8 @@ def per_example_log_weights(model, guide=None, x=None, K: int = 1, chunk: int | 
         chunk: draws of the whole batch per pass (default: from ``memory``).
         steps: trace steps of continuous-time chains (ValueError if the model has none).
         plate: the name of the per-example plate.
-        memory: bytes one pass may hold (default :data:`hlvm.eval.chunking.DEFAULT_MEMORY`: 16 MiB
-            on CPU, where cache-sized passes run fastest, 1 GiB on accelerators).
+        memory: bytes one pass may hold (default :data:`hlvm.eval.chunking.DEFAULT_MEMORY`: 1 GiB
+            on CPU, 4 GiB on accelerators).
     """
     if x is None:
         raise ValueError("per_example_log_weights needs data x")
@@ -211,7 +212,7 @@ def per_example_log_weights(model, guide=None, x=None, K: int = 1, chunk: int | 
     model_fn, guide_fn, owner = programs_of(model, guide)
     b = x.shape[0]
     with _continuous_steps(owner, steps):
-        rows = int(chunk) * b if chunk is not None else rows_per_pass(_bytes_per_row(model_fn, guide_fn, x, plate), memory)
+        rows = int(chunk) * b if chunk is not None else rows_per_pass(_bytes_per_row(model_fn, guide_fn, x, plate), memory, x.device)
         if rows >= b:
             draws = rows // b
             return torch.cat([_pass(model_fn, guide_fn, x, min(draws, K - s), plate, first=s == 0)

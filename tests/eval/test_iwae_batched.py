@@ -151,8 +151,13 @@ def test_iwae_approaches_the_exact_log_likelihood():
 
 
 def test_rows_rule_and_defaults():
-    assert rows_per_pass(1000.0, 2 * 1000 * 37 + 5) == 37
+    gib = 2**30
+    assert rows_per_pass(1000.0, 2 * 1000 * 37 + 5) == 37  # the hard bound
     assert rows_per_pass(10**9, 16) == 1
+    assert rows_per_pass(6600.0, gib, "cpu") == 16 * 2**20 // 13200  # small rows: a cache-sized pass
+    assert rows_per_pass(960_000.0, gib, "cpu") == 256  # big rows: 256 of them, within the bound
+    assert rows_per_pass(960_000.0, gib, "meta") == gib // 1_920_000  # accelerators: the bound itself
+    assert rows_per_pass(10e6, gib, "cpu") == gib // 20_000_000  # the bound wins over 256 rows
     assert DEFAULT_MEMORY["cpu"] < DEFAULT_MEMORY["other"]
 
 
