@@ -69,7 +69,7 @@ def run(args) -> dict:
         for k, r in rows.items():
             extra = f"  {r['ratio']:8.2f}× {r['base']} (CPU-time {r['ratio_cpu']:.2f}×)" if "ratio" in r else ""
             print(f"  {k:26s} {r['ms']:9.2f} ms{extra}")
-    out["info"] = next(iter(out["threads"].values()))["info"]
+    out["info"] = dict(next(iter(out["threads"].values()))["info"], threads=args.thread_list)
     vae = [v["rows"]["vae 8bit"]["ratio"] for v in out["threads"].values() if "vae 8bit" in v["rows"]]
     out["met"] = bool(vae) and max(vae) <= GOAL
     return out
