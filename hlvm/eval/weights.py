@@ -33,6 +33,7 @@ from .chunking import check_memory, rows_per_pass, trace_bytes
 __all__ = ["per_site_terms", "per_example_log_weights", "iwae_bound", "programs_of", "traces", "data_dim",
            "is_factor", "guide_scored"]
 
+
 def programs_of(model, guide=None):
     """(model_fn, guide_fn, owner module or None) from a hierarchy or two callables."""
     if guide is None:
@@ -173,7 +174,7 @@ def per_example_log_weights(model, guide=None, x=None, K: int = 1, chunk: int | 
     the bytes per row are measured on a one-row probe pass, which does not consume the random
     stream): ⌊rows / B⌋ draws of the whole batch per pass, or, when one
     draw of the batch is already too many rows, slices of the batch one draw at a time. So a
-    deep VDM (T = 1000 steps over 784 pixels, ~15 MB a row) and a small VAE (~7 kB a row) both
+    deep VDM (T = 1000 steps over 784 pixels, ~10 MB a row) and a small VAE (~7 kB a row) both
     stay within ``memory``. ``chunk`` instead fixes the draws per pass (no probe). The first pass
     runs with Pyro's validation as configured; the others repeat the same program on the same
     data with other draws and skip it (~15% of a VAE's time).
@@ -217,7 +218,7 @@ def per_example_log_weights(model, guide=None, x=None, K: int = 1, chunk: int | 
             draws = rows // b
             return torch.cat([_pass(model_fn, guide_fn, x, min(draws, K - s), plate, first=s == 0)
                               for s in range(0, K, draws)], 0)
-        return torch.cat([torch.cat([_pass(model_fn, guide_fn, x[i:i + rows], 1, plate, first=j == i == 0)
+        return torch.cat([torch.cat([_pass(model_fn, guide_fn, x[i:i + rows], 1, plate, first=(j, i) == (0, 0))
                                      for i in range(0, b, rows)], 1) for j in range(K)], 0)
 
 
