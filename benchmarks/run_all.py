@@ -96,6 +96,14 @@ def goal_lines(res) -> list:
                     f"max/min {dt['spread_time']:.3f}×"))
         out.append(("DiffusionELBO peak memory at T = 10, 100, 1000, ∞ within 1.05× of each other", dt["met_memory"],
                     f"max/min {dt['spread_memory']:.3f}×"))
+    l8 = res.get("likelihood_8bit")
+    if l8:
+        for n, v in l8["threads"].items():
+            r = v["rows"].get("vae 8bit")
+            if r:
+                grid = v["rows"].get("vae 8bit, grid softmax", {}).get("ratio")
+                out.append((f"8-bit VAE step ≤ {l8['goal']:.0f}× the binary VAE step ({n} thread(s))", r["ratio"] <= l8["goal"],
+                            f"{r['ratio']:.2f}× (CPU-time {r['ratio_cpu']:.2f}×)" + (f"; grid softmax {grid:.1f}×" if grid else "")))
     be = res.get("baseline_elbo")
     if be:
         d = be["hlvm_minus_baseline"]
@@ -147,6 +155,8 @@ def write_markdown(path, res, cmds, args, seconds, tests):
         ("sampling", "Sampling throughput", "sampling", ""),
         ("baseline_elbo", "Test ELBO against a stock-Pyro baseline VAE", "baseline_elbo", ""),
         ("train_throughput", "Training throughput through hlvm's Trainer", "train_throughput", ""),
+        ("likelihood_8bit", "8-bit against binary data: one SVI step", "likelihood_8bit", ""),
+        ("iwae", "IWAE: seconds per 1,000 images", "iwae", ""),
     ]
     import importlib
 
@@ -206,6 +216,8 @@ def main(argv=None):
         ("sampling", "sampling", []),
         ("baseline_elbo", "baseline_elbo", []),
         ("train_throughput", "train_throughput", []),
+        ("likelihood_8bit", "likelihood_8bit", ["--thread-list", "1,2"]),
+        ("iwae", "iwae", []),
     ]
     if args.quick or args.threads == 1:
         plan = [x for x in plan if x[0] != "step_overhead_1thread"]

@@ -42,6 +42,7 @@ from ..diffusion.ode import pf_ode_bound
 from ..programs.chain import bound_terms, chains_of
 from ..programs.elbo import DiffusionELBO
 from .active import ActiveUnits
+from .chunking import check_memory
 from .psis import KHAT_THRESHOLD, MIN_KHAT_SAMPLES, ParetoKWarning, khat_summary, pareto_khat
 from .weights import per_example_log_weights, per_site_terms
 
@@ -71,7 +72,8 @@ def _as_tensor_on(model, data, max_examples):
 def evaluate(model, data, elbo=None, batch_size: int = 500, K: int = 0, iwae_batch: int = 100,
              max_examples: int | None = None, *, steps: int | None = None, seed: int | None = None,
              au_threshold: float = 0.01, plate: str = "data", breakdown: bool = True, pfode: bool = False,
-             pfode_samples: int = 1, pfode_batch: int = 100, ode_options: dict | None = None) -> dict:
+             pfode_samples: int = 1, pfode_batch: int = 100, ode_options: dict | None = None,
+             iwae_memory: int | None = None) -> dict:
     """Evaluate a hierarchy on test data; returns a JSON-serialisable dict of plain numbers.
 
     Args:
@@ -81,7 +83,9 @@ def evaluate(model, data, elbo=None, batch_size: int = 500, K: int = 0, iwae_bat
             :class:`~hlvm.DiffusionChain`, else ``Trace_ELBO()``.
         batch_size: examples per ELBO evaluation.
         K: importance samples for the IWAE bound and k̂ (0: skip). k̂ needs K ≥ 25.
-        iwae_batch: examples per IWAE pass (each pass runs K · iwae_batch rows, chunked).
+        iwae_batch: examples per IWAE call; its K · iwae_batch rows (draws × examples) run in
+            vectorized passes of at most ``iwae_memory`` bytes each (default 1 GiB on CPU, 4 GiB
+            on accelerators; the rule is :func:`~hlvm.eval.weights.per_example_log_weights`').
         max_examples: evaluate on the first ``max_examples`` examples only.
         steps: trace steps of continuous-time chains for the IWAE program
             (see :func:`~hlvm.eval.weights.per_example_log_weights`).
@@ -127,6 +131,8 @@ def evaluate(model, data, elbo=None, batch_size: int = 500, K: int = 0, iwae_bat
     """
     x = _as_tensor_on(model, data, max_examples)
     n, D = x.shape[0], math.prod(x.shape[1:])
+    if K:
+        check_memory(iwae_memory, x.device)  # before any work
     if elbo is None:
         elbo = DiffusionELBO() if chains_of(model) else Trace_ELBO()
     rng = (torch.random.fork_rng(devices=[x.device] if x.device.type == "cuda" else [])
@@ -143,7 +149,7 @@ def evaluate(model, data, elbo=None, batch_size: int = 500, K: int = 0, iwae_bat
                 out["active_units"] = out.pop("_active").counts(au_threshold)
                 out["active_units_total"] = int(sum(out["active_units"].values()))
             if K:
-                out.update(_iwae_loop(model, x, K, iwae_batch, steps, plate))
+                out.update(_iwae_loop(model, x, K, iwae_batch, steps, plate, iwae_memory))
             if pfode:
                 out.update(_pfode_loop(model, x, pfode_samples, pfode_batch, ode_options or {}))
     finally:
@@ -217,10 +223,10 @@ def _bound_loop(model, x, elbo, batch_size, plate, breakdown) -> dict:
     return out
 
 
-def _iwae_loop(model, x, K, iwae_batch, steps, plate) -> dict:
+def _iwae_loop(model, x, K, iwae_batch, steps, plate, memory) -> dict:
     bounds, khats = [], []
     for i in range(0, x.shape[0], iwae_batch):
-        lw = per_example_log_weights(model, None, x[i:i + iwae_batch], K, steps=steps, plate=plate)  # (K, b)
+        lw = per_example_log_weights(model, None, x[i:i + iwae_batch], K, steps=steps, plate=plate, memory=memory)  # (K, b)
         bounds.append(torch.logsumexp(lw, 0) - math.log(K))
         if K >= MIN_KHAT_SAMPLES:
             khats.append(pareto_khat(lw))

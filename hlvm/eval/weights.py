@@ -19,6 +19,7 @@ from __future__ import annotations
 import math
 from contextlib import nullcontext
 
+import pyro
 import pyro.distributions as dist
 import torch
 from pyro import poutine
@@ -27,12 +28,10 @@ from pyro.poutine.util import site_is_subsample
 from torch import nn
 
 from ..programs.chain import StockChains, chains_of, override_steps
+from .chunking import check_memory, rows_per_pass, trace_bytes
 
 __all__ = ["per_site_terms", "per_example_log_weights", "iwae_bound", "programs_of", "traces", "data_dim",
            "is_factor", "guide_scored"]
-
-#: default cap on rows (importance samples × examples) per vectorized model/guide pass
-_MAX_ROWS = 8192
 
 
 def programs_of(model, guide=None):
@@ -161,14 +160,24 @@ def per_site_terms(model, guide=None, x=None, *, plate: str = "data", context=No
 
 # --------------------------------------------------------------------------- importance weights
 def per_example_log_weights(model, guide=None, x=None, K: int = 1, chunk: int | None = None, *,
-                            steps: int | None = None, plate: str = "data") -> torch.Tensor:
+                            steps: int | None = None, plate: str = "data", memory: int | None = None) -> torch.Tensor:
     """Importance log-weights log w_k = log p(x, z_k) − log q(z_k | x), z_k ∼ q(· | x): shape (K, B).
 
     The guide is traced (:func:`pyro.poutine.trace`) and the model replayed on its draws
     (:func:`pyro.poutine.replay`); each site's ``log_prob`` is summed over every dim but that of
     ``pyro.plate(plate)``, giving one weight per example (Burda et al. 2016, eq. 8). The K draws
-    are vectorized by repeating x K times along the batch dim (row k·B + b is draw k of example b),
-    ``chunk`` draws per pass.
+    are **vectorized**: x is repeated along the batch dim so that one pass of the model and guide
+    computes many draws at once (row j·n + b is draw j of example b of the pass).
+
+    **Memory bound.** A pass holds at most ⌊memory / (2 · bytes held per row)⌋ rows; on CPU it
+    aims at a cache-sized 16 MiB but at no fewer than 256 rows (see :mod:`hlvm.eval.chunking`;
+    the bytes per row are measured on a one-row probe pass, which does not consume the random
+    stream): ⌊rows / B⌋ draws of the whole batch per pass, or, when one
+    draw of the batch is already too many rows, slices of the batch one draw at a time. So a
+    deep VDM (T = 1000 steps over 784 pixels, ~10 MB a row) and a small VAE (~7 kB a row) both
+    stay within ``memory``. ``chunk`` instead fixes the draws per pass (no probe). The first pass
+    runs with Pyro's validation as configured; the others repeat the same program on the same
+    data with other draws and skip it (~15% of a VAE's time).
 
     * Guide sites marked ``infer={"is_auxiliary": True}`` (e.g. :func:`hlvm.layers.deterministic`
       ladder states) are skipped; ``pyro.factor`` sites count in both programs (added in the
@@ -180,34 +189,53 @@ def per_example_log_weights(model, guide=None, x=None, K: int = 1, chunk: int | 
       the program has ``chain.trace_steps`` steps; ``steps`` overrides ``trace_steps`` of every
       continuous-time chain for this call only (restored afterwards). The weights are then those
       of that *discretization* of the model, whose log-likelihood differs from the continuous one.
-    * Gradients flow if enabled (this function does not switch grad mode).
+    * Gradients flow if enabled (this function does not switch grad mode; the memory rule then
+      does not count the activations kept for backward).
 
     Args:
         model: a module with ``.model``/``.guide`` (then ``guide`` is None) or a model callable.
         guide: the guide callable, or None.
         x: data (B, ...).
         K: importance samples per example.
-        chunk: draws per vectorized pass (default: as many as fit in 8192 rows, at least 1).
+        chunk: draws of the whole batch per pass (default: from ``memory``).
         steps: trace steps of continuous-time chains (ValueError if the model has none).
         plate: the name of the per-example plate.
+        memory: bytes one pass may hold (default :data:`hlvm.eval.chunking.DEFAULT_MEMORY`: 1 GiB
+            on CPU, 4 GiB on accelerators).
     """
     if x is None:
         raise ValueError("per_example_log_weights needs data x")
     if K < 1:
         raise ValueError(f"K must be >= 1, got {K}")
+    if chunk is not None and int(chunk) < 1:
+        raise ValueError(f"chunk must be >= 1, got {chunk}")
+    memory = check_memory(memory, x.device)
     model_fn, guide_fn, owner = programs_of(model, guide)
     b = x.shape[0]
-    chunk = max(1, _MAX_ROWS // max(b, 1)) if chunk is None else int(chunk)
-    if chunk < 1:
-        raise ValueError(f"chunk must be >= 1, got {chunk}")
-    out = []
     with _continuous_steps(owner, steps):
-        for start in range(0, K, chunk):
-            k = min(chunk, K - start)
-            xx = x.repeat((k,) + (1,) * (x.dim() - 1))  # (k·B, ...), draw-major
-            terms = per_site_terms(model_fn, guide_fn, xx, plate=plate, context=None)
-            out.append(-terms["total"].reshape(k, b))
-    return torch.cat(out, 0)
+        rows = int(chunk) * b if chunk is not None else rows_per_pass(_bytes_per_row(model_fn, guide_fn, x, plate), memory, x.device)
+        if rows >= b:
+            draws = rows // b
+            return torch.cat([_pass(model_fn, guide_fn, x, min(draws, K - s), plate, first=s == 0)
+                              for s in range(0, K, draws)], 0)
+        return torch.cat([torch.cat([_pass(model_fn, guide_fn, x[i:i + rows], 1, plate, first=(j, i) == (0, 0))
+                                     for i in range(0, b, rows)], 1) for j in range(K)], 0)
+
+
+def _pass(model_fn, guide_fn, x, k: int, plate: str, first: bool) -> torch.Tensor:
+    """log-weights (k, n) of k draws of the n examples x, in one vectorized pass (validated if first)."""
+    n = x.shape[0]
+    xx = x.repeat((k,) + (1,) * (x.dim() - 1))  # (k·n, ...), draw-major
+    with nullcontext() if first else pyro.validation_enabled(False):
+        return -per_site_terms(model_fn, guide_fn, xx, plate=plate, context=None)["total"].reshape(k, n)
+
+
+def _bytes_per_row(model_fn, guide_fn, x, plate: str) -> int:
+    """Bytes the traces of a one-row pass hold (a probe that leaves the random stream untouched)."""
+    devices = [x.device] if x.device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices), torch.no_grad():
+        terms = per_site_terms(model_fn, guide_fn, x[:1], plate=plate, context=None)
+        return trace_bytes(terms["model_trace"], terms["guide_trace"])
 
 
 def iwae_bound(model, x: torch.Tensor, K: int, chunk: int | None = None, *, guide=None,
