@@ -209,6 +209,21 @@ def svi_step(model, elbo, x, lr=1e-3, validation=True, optim="hlvm"):
     return step
 
 
+def compiled_step(model, elbo, x, lr=1e-3, validation=True, check_every=100):
+    """``hlvm.compile_step``: the recorded SVI step (with its periodic check against Pyro)."""
+    import hlvm.optim
+    from hlvm.compile import compile_step
+
+    svi = compile_step(model.model, model.guide, elbo, hlvm.optim.Adam({"lr": lr}), check_every=check_every)
+
+    def step():
+        with ValidationSwitch(validation):
+            return svi.step(x)
+
+    step.svi = svi
+    return step
+
+
 def module_step(model, elbo, x, lr=1e-3, validation=True):
     """The ELBOModule path: ``elbo(model.model, model.guide)`` with local params + torch.optim.Adam."""
     loss_mod = elbo(model.model, model.guide)

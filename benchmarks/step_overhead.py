@@ -11,6 +11,8 @@ Adam update — on the SAME model instance and batch:
   hlvm's Trainer uses) with Pyro's defaults (validation on) — the headline;
 * ``svi, pyro.optim.Adam``: the same with Pyro's stock optimizer (one torch Adam per tensor);
 * ``svi, validation off``: the headline after ``pyro.enable_validation(False)``;
+* ``compiled``: ``hlvm.compile_step`` — the step recorded once and replayed, checked against Pyro's
+  own step every 100 steps (that check's cost included);
 * ``ELBOModule + torch.optim``: ``elbo(model.model, model.guide)`` with ``module_local_params=True``;
 * VAE only, the reference: stock ``Trace_ELBO`` + ``pyro.optim.Adam`` through SVI against a plain
   step with the same single-sample KL estimate.
@@ -21,6 +23,7 @@ harness measures another checkout of the library (``run_all.py --before REV`` do
 commit before the overhead work, so "before" and "after" come from one command).
 
 Goals (issue 6): SVI step ≤ 1.25× plain for VAE and TopDownHVAE, ≤ 1.10× for VDM.
+Goals (issue 15): the compiled step ≤ 1.10× plain for VAE and TopDownHVAE, ≤ 1.05× for VDM.
 
     .venv/bin/python benchmarks/step_overhead.py [--threads 2] [--repeats 15] [--device cpu]
 """
@@ -36,10 +39,12 @@ import pyro
 import torch
 from pyro.infer import Trace_ELBO
 
-from _steps import build, check_same_loss, default_elbo, module_step, plain_loss_fn, plain_step, svi_step
+from _steps import (build, check_same_loss, compiled_step, default_elbo, module_step, plain_loss_fn, plain_step,
+                    svi_step)
 from hlvm.data import load_dataset
 
 GOALS = {"vae": 1.25, "hvae-td": 1.25, "vdm": 1.10}
+COMPILED_GOALS = {"vae": 1.10, "hvae-td": 1.10, "vdm": 1.05}
 LABELS = {"vae": "VAE 784-400-20 (TraceMeanField_ELBO)", "hvae-td": "TopDownHVAE default (TraceMeanField_ELBO)",
           "vdm": "VDM MLP, T=None (DiffusionELBO)"}
 HEADLINE = "svi"  # falls back to "svi, pyro.optim.Adam" for a library without hlvm.optim
@@ -58,6 +63,7 @@ def contenders(name, model, x, lr=1e-3):
     if _has_hlvm_optim():
         c["svi"] = svi_step(model, default_elbo(name), x, lr, validation=True)
         c["svi, validation off"] = svi_step(model, default_elbo(name), x, lr, validation=False)
+        c["compiled"] = compiled_step(model, default_elbo(name), x, lr, validation=True)
     c["svi, pyro.optim.Adam"] = svi_step(model, default_elbo(name), x, lr, validation=True, optim="pyro")
     c["ELBOModule + torch.optim"] = module_step(model, default_elbo(name), x, lr, validation=True)
     if name == "vae":
@@ -103,6 +109,11 @@ def run(args) -> dict:
         results["models"][name] = {"label": LABELS[name], "goal": GOALS[name], "loss_rel_diff": rel, "rows": rows,
                                    "headline_row": headline, "headline": rows[headline]["ratio"],
                                    "met": rows[headline]["ratio"] <= GOALS[name]}
+        if "compiled" in rows:
+            fell_back = cs["compiled"].svi.recorded.fallback
+            results["models"][name].update(compiled_goal=COMPILED_GOALS[name], compiled=rows["compiled"]["ratio"],
+                                           compiled_fallback=fell_back,
+                                           compiled_met=fell_back is None and rows["compiled"]["ratio"] <= COMPILED_GOALS[name])
         print(f"\n{LABELS[name]}  (plain loss = Pyro loss to {rel:.1e} relative)")
         print(f"  {'contender':34s} {'ms/step':>9s} {'ratio':>7s} {'IQR':>13s} {'CPU ratio':>9s} {'Py calls':>9s}")
         for k, r in rows.items():
@@ -110,6 +121,9 @@ def run(args) -> dict:
                   f" {r['calls']:9.0f}" + ("" if r["base"] == "plain" else "   (vs plain MC-KL step)"))
         m = results["models"][name]
         print(f"  goal {headline} ≤ {GOALS[name]:.2f}×: {'MET' if m['met'] else 'MISSED'} ({m['headline']:.3f}×)")
+        if "compiled" in rows:
+            print(f"  goal compiled ≤ {COMPILED_GOALS[name]:.2f}×: {'MET' if m['compiled_met'] else 'MISSED'} "
+                  f"({m['compiled']:.3f}×{'; fell back: ' + m['compiled_fallback'] if m['compiled_fallback'] else ''})")
     return results
 
 
@@ -121,6 +135,8 @@ def markdown(res: dict, command: str) -> str:
                 continue
             head_row = m.get("headline_row", HEADLINE)
             goal = f"≤ {m['goal']:.2f}× — {'met' if r['ratio'] <= m['goal'] else 'missed'}" if k == head_row else ""
+            if k == "compiled":
+                goal = f"≤ {m['compiled_goal']:.2f}× — {'met' if m['compiled_met'] else 'missed'}"
             base = "plain" if r["base"] == "plain" else "plain, MC KL"
             rows.append([m["label"] if k == head_row else "", k, base,
                          f"{r['ms']:.2f} / {m['rows'][r['base']]['ms']:.2f}", f"**{r['ratio']:.3f}**",

@@ -8,45 +8,56 @@ parameterizations, the denoiser, the bound, samplers) → :mod:`hlvm.programs` (
 chain, likelihoods, layers, DiffusionELBO, the Hierarchy contract, sampling programs) →
 :mod:`hlvm.graph` (trace → networkx, checks, drawing) → :mod:`hlvm.eval` → ``hlvm.train`` →
 :mod:`hlvm.cli`.
+
+Importing ``hlvm`` is instant: each public name is imported from its module on first use (PEP 562),
+so ``hlvm --help`` and each command's parser never load torch or Pyro.
 """
 
-from .diffusion.schedules import (NoiseSchedule, LinearSchedule, CosineSchedule, LearnedLinearSchedule,
-                                  MonotoneNetSchedule, DensitySchedule, DDPMSchedule, make_schedule)
-from .diffusion.gaussian import (alpha_sigma, snr, alpha_ts, sigma_sq_ts, q_zt_given_x, q_zt_given_zs,
-                                 q_zs_given_zt_x, p_zs_given_zt, diffusion_kl, diffusion_kl_eps, prior_kl)
-from .diffusion.parameterization import to_x, from_x, convert, score_from_energy, loss_weight
-from .diffusion.denoiser import Denoiser, XPredictor
-from .diffusion.oracle import GaussianOracle
-from .diffusion.bound import BoundTerms, diffusion_bound
-from .diffusion.timesteps import TimestepSampler
-from .nets import GammaEmbedding, FourierFeatures, MLPBackbone, UNet, QuadraticEnergy
-from .programs.likelihoods import BernoulliLikelihood, Discretized8bitLikelihood, GaussianLikelihood, make_likelihood
-from .programs.chain import DiffusionChain, latent_likelihood
-from .programs.elbo import DiffusionELBO
-from .programs.contract import Hierarchy, check_hierarchy
-from .programs.sample import sample
-from . import optim  # hlvm.optim.Adam: one torch optimizer over all parameters, for SVI
-from .graph import (render, render_module, example_input, check_mean_field, guide_direction, topological_order,
-                    pair_graphs, program_graph, GraphvizNotFoundError)
-from .eval import (evaluate, ParetoKWarning, per_example_log_weights, iwae_bound, pareto_khat, per_site_terms,
-                   active_units)
-from .estimators import default_estimator
-from .registry import register
+import importlib
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "NoiseSchedule", "LinearSchedule", "CosineSchedule", "LearnedLinearSchedule",
-    "MonotoneNetSchedule", "DDPMSchedule", "make_schedule",
-    "alpha_sigma", "snr", "alpha_ts", "sigma_sq_ts", "q_zt_given_x", "q_zt_given_zs",
-    "q_zs_given_zt_x", "p_zs_given_zt", "diffusion_kl", "diffusion_kl_eps", "prior_kl",
-    "to_x", "from_x", "convert", "score_from_energy", "loss_weight",
-    "Denoiser", "XPredictor", "GaussianOracle", "BoundTerms", "diffusion_bound", "TimestepSampler",
-    "GammaEmbedding", "FourierFeatures", "MLPBackbone", "UNet", "QuadraticEnergy",
-    "BernoulliLikelihood", "Discretized8bitLikelihood", "GaussianLikelihood", "make_likelihood",
-    "DiffusionChain", "latent_likelihood", "DiffusionELBO", "Hierarchy", "check_hierarchy", "sample", "optim",
-    "render", "render_module", "example_input", "check_mean_field", "guide_direction", "topological_order",
-    "pair_graphs", "program_graph", "GraphvizNotFoundError",
-    "evaluate", "ParetoKWarning", "per_example_log_weights", "iwae_bound", "pareto_khat", "per_site_terms",
-    "active_units", "default_estimator", "register",
-]
+#: module → the public names it provides
+_EXPORTS = {
+    "diffusion.schedules": ["NoiseSchedule", "LinearSchedule", "CosineSchedule", "LearnedLinearSchedule",
+                            "MonotoneNetSchedule", "DensitySchedule", "DDPMSchedule", "make_schedule"],
+    "diffusion.gaussian": ["alpha_sigma", "snr", "alpha_ts", "sigma_sq_ts", "q_zt_given_x", "q_zt_given_zs",
+                           "q_zs_given_zt_x", "p_zs_given_zt", "diffusion_kl", "diffusion_kl_eps", "prior_kl"],
+    "diffusion.parameterization": ["to_x", "from_x", "convert", "score_from_energy", "loss_weight"],
+    "diffusion.denoiser": ["Denoiser", "XPredictor"],
+    "diffusion.oracle": ["GaussianOracle"],
+    "diffusion.bound": ["BoundTerms", "diffusion_bound"],
+    "diffusion.timesteps": ["TimestepSampler"],
+    "nets": ["GammaEmbedding", "FourierFeatures", "MLPBackbone", "UNet", "QuadraticEnergy"],
+    "programs.likelihoods": ["BernoulliLikelihood", "Discretized8bitLikelihood", "GaussianLikelihood", "make_likelihood"],
+    "programs.chain": ["DiffusionChain", "latent_likelihood"],
+    "programs.elbo": ["DiffusionELBO"],
+    "programs.contract": ["Hierarchy", "check_hierarchy"],
+    "programs.sample": ["sample"],
+    "graph": ["render", "render_module", "example_input", "check_mean_field", "guide_direction", "topological_order",
+              "pair_graphs", "program_graph", "GraphvizNotFoundError"],
+    "eval": ["evaluate", "ParetoKWarning", "per_example_log_weights", "iwae_bound", "pareto_khat", "per_site_terms",
+             "active_units"],
+    "estimators": ["default_estimator"],
+    "registry": ["register"],
+    "compile": ["compile_step", "CompiledSVI", "RecordedLoss"],
+}
+_SUBMODULES = ["optim"]  # hlvm.optim.Adam: one torch optimizer over all parameters, for SVI
+_WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
+
+__all__ = [*_WHERE, *_SUBMODULES]
+
+
+def __getattr__(name: str):
+    if name in _WHERE:
+        value = getattr(importlib.import_module(f".{_WHERE[name]}", __name__), name)
+    elif name in _SUBMODULES:
+        value = importlib.import_module(f".{name}", __name__)
+    else:
+        raise AttributeError(f"module 'hlvm' has no attribute {name!r}")
+    globals()[name] = value  # the next access is a plain attribute
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(__all__))
