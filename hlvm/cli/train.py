@@ -41,7 +41,10 @@ def register(sub):
     add_common(p)
     p.add_argument("--estimator", default="auto", choices=["auto", "trace", "meanfield", "diffusion"])
     p.add_argument("--out", default=None, help="run folder (default runs/MODEL)")
-    p.add_argument("--resume", action="store_true", help="continue exactly from OUT/checkpoint.pt")
+    p.add_argument("--resume", action="store_true", help="continue exactly from OUT/checkpoint.pt (settings that "
+                   "alter the run must be the run's own; more steps/epochs, evaluation and checkpoint frequency may change)")
+    p.add_argument("--overwrite", action="store_true", help="replace the run already in OUT (without it, or --resume, "
+                   "an existing run is refused)")
     p.add_argument("--eval-every", type=int, default=0, help="steps between test evaluations (default: each epoch)")
     p.add_argument("--checkpoint-every", type=int, default=0, help="steps between checkpoints (default: each epoch)")
     p.add_argument("--grad-shards", type=int, default=1, help="split each batch into shards (as N ranks would)")
@@ -59,6 +62,7 @@ def config_from(args, model: str, out: str):
                        device=args.device, seed=args.seed, out=out, ema=args.ema, amp=args.amp,
                        eval_examples=args.eval_examples, progress=not args.no_progress,
                        estimator=getattr(args, "estimator", "auto"), resume=getattr(args, "resume", False),
+                       overwrite=getattr(args, "overwrite", False),
                        eval_every=getattr(args, "eval_every", 0), checkpoint_every=getattr(args, "checkpoint_every", 0),
                        grad_shards=getattr(args, "grad_shards", 1), kl_warmup=args.kl_warmup, free_bits=args.free_bits,
                        grad_clip=args.grad_clip, skip_norm=args.skip_norm)
@@ -67,19 +71,19 @@ def config_from(args, model: str, out: str):
 def run(args):
     import os
 
-    from hlvm.train import Trainer, TrainingDiverged
+    from hlvm.train import EvaluationFailed, Trainer, TrainingDiverged
 
     out = args.out or os.path.join("runs", os.path.basename(args.model).replace(":", "-").replace(".py", ""))
     cfg = config_from(args, args.model, out)
-    if args.resume and not os.path.isfile(os.path.join(out, "checkpoint.pt")):
-        raise ValueError(f"--resume: no checkpoint in {out!r}")
+    cfg.validate()  # every option's range, before the model file or the data are read
     trainer = Trainer(cfg)
     try:
         result = trainer.fit()
-    except TrainingDiverged as e:
+    except (TrainingDiverged, EvaluationFailed) as e:
         print(f"hlvm train: {e}", file=sys.stderr)
         raise SystemExit(1)
     if trainer.is_main:
-        last = result["history"][-1] if result["history"] else {}
-        print(f"done: {result['steps']} steps in {result['seconds']:.1f} s; test ELBO {last.get('test_elbo', float('nan')):.3f} nats "
-              f"({last.get('test_bpd', float('nan')):.4f} bits/dim); checkpoint {trainer.ckpt_path}")
+        last = result["history"][-1] if result["history"] else None
+        elbo = (f"test ELBO {last['test_elbo']:.3f} nats ({last['test_bpd']:.4f} bits/dim) at step {last['step']}"
+                if last else "no test evaluation")
+        print(f"done: {result['steps']} steps in {result['seconds']:.1f} s; {elbo}; checkpoint {trainer.ckpt_path}")
