@@ -33,7 +33,7 @@ def run(args):
         args.steps = 400
     base = config_from(args, models[0] if models else "vae", args.out)
     try:
-        run_compare(models, base, args.out, K=args.K, iwae_examples=args.iwae_examples, eval_examples=args.eval_examples,
+        run_compare(models, base, args.out, K=args.K, iwae_examples=args.iwae_examples, eval_examples=base.eval_examples,
                     pfode_examples=args.pfode_examples, pfode_samples=args.pfode_samples, render=not args.no_render)
     except (TrainingDiverged, EvaluationFailed) as e:  # after training started: exit 1, where the work is kept
         print(f"hlvm compare: {e}", file=sys.stderr)

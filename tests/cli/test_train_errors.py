@@ -137,9 +137,11 @@ def test_existing_run_is_kept_unless_resume_or_overwrite(tmp_path):
     assert (out / "checkpoint.pt").read_bytes() == before
     r = hlvm("train", "vae", *TINY, "--steps", "3", "--lr", "0.01", "--out", out, "--resume")
     assert r.returncode == 2 and "lr 0.001 → 0.01" in _one_line(r.stderr)
-    r = hlvm("train", "vae", *TINY, "--steps", "3", "--out", out, "--resume")
+    # options not given take the run's own values (digits, batch 32, ...): only the more steps are a change
+    r = hlvm("train", "vae", "--steps", "3", "--no-progress", "--out", out, "--resume")
     assert r.returncode == 0, r.stderr
-    assert "changed settings: steps 2 → 3" in r.stdout
+    assert "changed settings: steps 2 → 3\n" in r.stdout and "digits" in r.stdout
+    assert len(json.load(open(out / "history.json"))["losses"]) == 3
     r = hlvm("train", "vae", *TINY, "--steps", "2", "--out", out, "--overwrite")
     assert r.returncode == 0, r.stderr
     assert len(json.load(open(out / "history.json"))["losses"]) == 2
