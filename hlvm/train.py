@@ -35,7 +35,7 @@ from .eval import evaluate
 from .programs.anneal import ScaleLatents, warmup_beta
 from .programs.free_bits import FreeBitsELBO
 from .estimators import make_estimator
-from .registry import build_model
+from .registry import build_model, load_class
 from .run_checks import (check_data_fits, clean_stale_tmp, config_changes, prepare_run_folder, validate_config)
 
 __all__ = ["TrainConfig", "Trainer", "TrainingDiverged", "EvaluationFailed", "save_checkpoint", "load_checkpoint",
@@ -123,6 +123,7 @@ class Trainer:
         if self.is_main:
             clean_stale_tmp(cfg.out)
         resumed = self._resume_checkpoint() if cfg.resume else None
+        load_class(cfg.model)  # an unknown name or a broken model file fails before the data are read
         self.data = data if data is not None else load_dataset(cfg.data, cfg.binarize, cfg.data_dir)
         if self.data.train.shape[0] < cfg.batch_size:
             raise ValueError(f"--batch-size {cfg.batch_size} exceeds the {self.data.train.shape[0]} training examples")
