@@ -22,7 +22,7 @@ import torch
 from .data import load_dataset
 from .eval.evaluate import ParetoKWarning, evaluate, own_bounds
 from .eval.psis import MIN_KHAT_SAMPLES
-from .run_checks import check_compare_options
+from .run_checks import check_compare_options, writable_folder
 from .train import EvaluationFailed, TrainConfig, Trainer, WARMUP_STEPS
 from .programs.sample import draw
 from .registry import accepts, load_class
@@ -97,12 +97,11 @@ def check_options(models: list[str], base: TrainConfig, out: str, K: int, iwae_e
     twice = sorted({m for m, t in zip(models, tags) if tags.count(t) > 1})
     if twice:
         raise ValueError(f"--models names {', '.join(twice)} more than once (each model gets one run folder)")
-    if os.path.exists(out) and not os.path.isdir(out):
-        raise ValueError(f"--out {out!r} is a file, not a folder: name a folder for the report")
     check_compare_options(K, iwae_examples, eval_examples, pfode_examples, pfode_samples, MIN_KHAT_SAMPLES)
     base.validate()
     for m in models:
         load_class(m)  # unknown names and broken model files fail before any training
+    writable_folder(out, "the report")
 
 
 def _report_model(report, name, tag, trainer, result, data, base, settings, out, render, log) -> None:

@@ -16,7 +16,7 @@ import torch
 from .eval.possible import observed_site
 from .programs.chain import check_T
 
-__all__ = ["validate_config", "check_compare_options", "prepare_run_folder", "clean_stale_tmp", "config_changes",
+__all__ = ["validate_config", "check_compare_options", "prepare_run_folder", "writable_folder", "clean_stale_tmp", "config_changes",
            "check_data_fits", "ALLOWED_ON_RESUME", "MAX_SEED", "ESTIMATORS"]
 
 #: the largest seed NumPy's generator accepts
@@ -113,13 +113,18 @@ def prepare_run_folder(out: str, checkpoint: str, resume: bool, overwrite: bool)
     """Check the run folder before training: it is a writable folder; an existing checkpoint
     needs ``resume`` (continue) or ``overwrite`` (replace); ``resume`` needs one. Creates it."""
     ckpt = os.path.join(out, checkpoint)
-    if os.path.exists(out) and not os.path.isdir(out):
-        raise ValueError(f"--out {out!r} is a file, not a folder: name a folder for the run")
+    _not_a_file(out, "the run")
     if resume and not os.path.isfile(ckpt):
         raise ValueError(f"--resume: no checkpoint in {out!r} ({ckpt} does not exist)")
     if os.path.isfile(ckpt) and not (resume or overwrite):
         raise ValueError(f"--out {out!r} already holds a run ({ckpt}): pass --resume to continue it "
                          "or --overwrite to replace it")
+    writable_folder(out)
+
+
+def writable_folder(out: str, what: str = "the run") -> None:
+    """Create ``out`` if needed and check that files can be written in it (ValueError naming --out)."""
+    _not_a_file(out, what)
     try:
         os.makedirs(out, exist_ok=True)
         probe = os.path.join(out, f".write-test-{os.getpid()}")
@@ -128,6 +133,11 @@ def prepare_run_folder(out: str, checkpoint: str, resume: bool, overwrite: bool)
         os.remove(probe)
     except OSError as e:
         raise ValueError(f"--out {out!r} is not a writable folder: {e.strerror or type(e).__name__}") from None
+
+
+def _not_a_file(out: str, what: str) -> None:
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise ValueError(f"--out {out!r} is a file, not a folder: name a folder for {what}")
 
 
 def _alive(pid: int) -> bool:

@@ -151,6 +151,9 @@ class Trainer:
         self.ema = {k: v.detach().clone() for k, v in self.model.state_dict().items()} if cfg.ema > 0 else None
         if resumed is not None:
             self.load(resumed)
+            if self.step > self.total_steps:
+                raise ValueError(f"--resume: {self.ckpt_path} is already at step {self.step}, beyond the "
+                                 f"{self.total_steps} steps asked for (--steps/--epochs)")
 
     # -- sizes -----------------------------------------------------------------------------
     @property
@@ -274,9 +277,6 @@ class Trainer:
         if refused:
             raise ValueError(f"--resume: {self.ckpt_path} was trained with other settings ({'; '.join(refused)}); "
                              "resume with the run's own settings, or pass --overwrite to start a new run")
-        total = self.cfg.steps
-        if total is not None and ck["step"] > total:
-            raise ValueError(f"--resume: {self.ckpt_path} is already at step {ck['step']}, beyond --steps {total}")
         shown = [c for c in allowed if not c.startswith(("resume ", "overwrite ", "progress "))]
         if shown and self.is_main:
             self.log(f"resuming {self.ckpt_path} at step {ck['step']} with changed settings: {'; '.join(shown)}")

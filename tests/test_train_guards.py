@@ -170,7 +170,7 @@ def test_resume_accepts_and_logs_allowed_changes(run4, tmp_path, digits):
     assert any("steps 4 → 6" in l and "eval_every 100 → 3" in l and "checkpoint_every 0 → 2" in l for l in lines), lines
     t.fit()
     assert load_run_checkpoint(str(out / "checkpoint.pt"))["config"]["steps"] == 6
-    with pytest.raises(ValueError, match="already at step 6, beyond --steps 5"):
+    with pytest.raises(ValueError, match="already at step 6, beyond the 5 steps asked for"):
         Trainer(_cfg(out, steps=5, resume=True), digits)
 
 

@@ -74,7 +74,8 @@ def config_from(args, model: str, out: str, saved: dict | None = None):
     if values["binarize"] is None:
         values["binarize"] = default_binarization(values["data"])
     return TrainConfig(model=model, out=out, progress=not args.no_progress, resume=getattr(args, "resume", False),
-                       overwrite=getattr(args, "overwrite", False), **values)
+                       overwrite=getattr(args, "overwrite", False), model_kwargs=dict(base.get("model_kwargs") or {}),
+                       **values)
 
 
 def _saved_config(out: str, resume: bool) -> dict | None:
