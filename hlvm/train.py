@@ -208,8 +208,9 @@ class Trainer:
                 p.grad.copy_(flat[offset:offset + n].view_as(p))
                 offset += n
             total = flat[-1].double().cpu()
-        self._check_finite(total.item())
-        return total.item()
+        loss = total.item()
+        self._check_finite(loss)
+        return loss
 
     def _check_finite(self, loss: float) -> None:
         """Stop the step before the optimizer runs if the loss or (unless ``skip_norm`` skips such
@@ -218,7 +219,7 @@ class Trainer:
             raise _NonFinite(f"loss became {loss}")
         if self.cfg.skip_norm is None:
             grads = [p.grad for p in self.model.parameters() if p.grad is not None]
-            if grads and not bool(torch.isfinite(torch.stack([g.detach().abs().sum() for g in grads]).sum())):
+            if grads and not bool(torch.stack([torch.isfinite(g).all() for g in grads]).all()):  # one sync
                 raise _NonFinite(f"gradient became non-finite (loss {loss:.6g})")
 
     # -- data ------------------------------------------------------------------------------
