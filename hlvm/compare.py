@@ -97,10 +97,11 @@ def check_options(models: list[str], base: TrainConfig, out: str, K: int, iwae_e
     twice = sorted({m for m, t in zip(models, tags) if tags.count(t) > 1})
     if twice:
         raise ValueError(f"--models names {', '.join(twice)} more than once (each model gets one run folder)")
-    check_compare_options(K, iwae_examples, eval_examples, pfode_examples, pfode_samples, MIN_KHAT_SAMPLES)
     base.validate()
     for m in models:
         load_class(m)  # unknown names and broken model files fail before any training
+    T = base.T if any(accepts(m, "T") for m in models) else None
+    check_compare_options(K, iwae_examples, eval_examples, pfode_examples, pfode_samples, MIN_KHAT_SAMPLES, T)
     writable_folder(out, "the report")
 
 

@@ -17,11 +17,14 @@ from .eval.possible import observed_site
 from .programs.chain import check_T
 
 __all__ = ["validate_config", "check_compare_options", "prepare_run_folder", "writable_folder", "clean_stale_tmp", "config_changes",
-           "check_data_fits", "ALLOWED_ON_RESUME", "MAX_SEED", "ESTIMATORS"]
+           "check_data_fits", "ALLOWED_ON_RESUME", "MAX_SEED", "ESTIMATORS", "IWAE_BUDGET"]
 
 #: the largest seed NumPy's generator accepts
 MAX_SEED = 2**32 - 1
 ESTIMATORS = ("auto", "trace", "meanfield", "diffusion")
+#: most chain steps (K × examples × T) of a comparison's IWAE bound of a discrete-time chain:
+#: about 15 minutes on one CPU core (measured: T = 1000, K = 50, 10 examples in 40 s)
+IWAE_BUDGET = 10**7
 #: settings that may change on ``--resume`` (they do not alter the trained parameters); logged
 ALLOWED_ON_RESUME = ("steps", "epochs", "eval_every", "eval_examples", "checkpoint_every", "progress", "resume",
                      "overwrite", "out", "data_dir", "device")
@@ -97,8 +100,10 @@ def validate_config(cfg) -> None:
 
 
 def check_compare_options(K: int, iwae_examples: int, eval_examples: int, pfode_examples: int,
-                          pfode_samples: int, min_khat: int) -> None:
-    """The ranges of ``hlvm compare``'s own options; ``--K`` is 0 (no IWAE) or large enough for k̂."""
+                          pfode_samples: int, min_khat: int, T: int | None = None) -> None:
+    """The ranges of ``hlvm compare``'s own options; ``--K`` is 0 (no IWAE) or large enough for k̂;
+    with a discrete-time chain of ``T`` steps, the IWAE bound's size K · examples · T is at most
+    :data:`IWAE_BUDGET` (its stock program traces every step)."""
     if not (_is_int(K) and (K == 0 or K >= min_khat)):
         raise ValueError(f"--K must be 0 (no IWAE bound) or an integer >= {min_khat} (Pareto k̂ fits its tail to "
                          f"⌊K/5⌋ >= 6 weights), got {K!r}")
@@ -106,6 +111,11 @@ def check_compare_options(K: int, iwae_examples: int, eval_examples: int, pfode_
     _int("--eval-examples", eval_examples, 1)
     _int("--pfode-examples", pfode_examples, 0, note=" (0: no PF-ODE bound)")
     _int("--pfode-samples", pfode_samples, 1)
+    size = K * iwae_examples * (T or 0)
+    if size > IWAE_BUDGET:
+        raise ValueError(f"--K {K} × --iwae-examples {iwae_examples} × --T {T} = {size:.1e} chain steps for the IWAE "
+                         f"bound (limit {IWAE_BUDGET:.0e}, about 15 CPU minutes): lower --iwae-examples or --K "
+                         "(0: no IWAE bound)")
 
 
 # --------------------------------------------------------------------------------- the run folder

@@ -82,6 +82,7 @@ COMPARE_ERRORS = [
     (["--eval-examples", "0"], "--eval-examples must be an integer >= 1"),
     (["--steps", "0"], "--steps must be an integer >= 1"),
     (["--T", "1000000"], "--T must be an integer in [1, 100,000]"),
+    (["--models", "vdm", "--T", "100000"], "--K 50 × --iwae-examples 100 × --T 100000 = 5.0e+08 chain steps for the IWAE"),
     (["--models", "vae,vae"], "--models names vae more than once"),
     (["--models", ","], "--models is empty"),
     (["--models", "vae,bogus"], "unknown model 'bogus'"),
