@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 
 from hlvm.data import DATASETS
+from hlvm.programs.chain import MAX_T
 
 
 #: options that fill a TrainConfig field of the same name; their parser default is None ("not given"):
@@ -25,7 +26,8 @@ def add_common(p):
     p.add_argument("--epochs", type=int, default=None)
     p.add_argument("--batch-size", type=int, default=None, help="(default 128)")
     p.add_argument("--lr", type=float, default=None, help="Adam's learning rate (default 1e-3)")
-    p.add_argument("--T", type=int, default=None, help="diffusion steps (VDM); default continuous time")
+    p.add_argument("--T", type=int, default=None, help=f"diffusion steps (VDM), 1..{MAX_T:,} (the float32 time grid "
+                   "stays exact); default continuous time")
     p.add_argument("--layers", type=int, default=None, help="latent layers (HVAEs)")
     p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default cpu)")
     p.add_argument("--seed", type=int, default=None, help="(default 0)")
