@@ -17,7 +17,7 @@ from .eval.possible import observed_site
 from .programs.chain import check_T
 
 __all__ = ["validate_config", "check_compare_options", "prepare_run_folder", "writable_folder", "clean_stale_tmp", "config_changes",
-           "check_data_fits", "ALLOWED_ON_RESUME", "MAX_SEED", "ESTIMATORS", "IWAE_BUDGET"]
+           "check_data_fits", "ALLOWED_ON_RESUME", "MAX_SEED", "MAX_FREE_BITS", "ESTIMATORS", "IWAE_BUDGET"]
 
 #: the largest seed NumPy's generator accepts
 MAX_SEED = 2**32 - 1
@@ -27,7 +27,10 @@ ESTIMATORS = ("auto", "trace", "meanfield", "diffusion")
 IWAE_BUDGET = 10**7
 #: settings that may change on ``--resume`` (they do not alter the trained parameters); logged
 ALLOWED_ON_RESUME = ("steps", "epochs", "eval_every", "eval_examples", "checkpoint_every", "progress", "resume",
-                     "overwrite", "out", "data_dir", "device")
+                     "overwrite", "out", "data_dir", "device", "log_every", "tensorboard")
+#: the largest --free-bits (nats per example and layer): far above any layer's KL (where it only turns
+#: the KL off), and small enough that λ · examples · layers stays finite
+MAX_FREE_BITS = 1e6
 
 
 # --------------------------------------------------------------------------------- option ranges
@@ -48,13 +51,14 @@ def _int(option: str, value, lo: int, hi: int | None = None, optional: bool = Fa
         raise ValueError(f"{option} must be {allowed}{note}, got {value!r}")
 
 
-def _positive(option: str, value, optional: bool = False, zero: bool = False) -> None:
-    """``value`` is a finite number > 0 (>= 0 with ``zero``; None when ``optional``)."""
+def _positive(option: str, value, optional: bool = False, zero: bool = False, hi: float | None = None) -> None:
+    """``value`` is a finite number > 0 (>= 0 with ``zero``; <= ``hi`` if given; None when ``optional``)."""
     if value is None and optional:
         return
-    ok = _is_number(value) and math.isfinite(value) and (value >= 0 if zero else value > 0)
+    ok = _is_number(value) and math.isfinite(value) and (value >= 0 if zero else value > 0) and (hi is None or value <= hi)
     if not ok:
-        raise ValueError(f"{option} must be a finite number {'>= 0' if zero else '> 0'}, got {value!r}")
+        allowed = f"{'>= 0' if zero else '> 0'}" if hi is None else f"in [0, {hi:g}]" if zero else f"in (0, {hi:g}]"
+        raise ValueError(f"{option} must be a finite number {allowed}, got {value!r}")
 
 
 def _device(device) -> None:
@@ -90,7 +94,8 @@ def validate_config(cfg) -> None:
     _int("--checkpoint-every", cfg.checkpoint_every, 0, note=" (0: each epoch)")
     _int("--grad-shards", cfg.grad_shards, 1)
     _int("--kl-warmup", cfg.kl_warmup, 0, note=" (0: off)")
-    _positive("--free-bits", cfg.free_bits, zero=True)
+    _int("--log-every", getattr(cfg, "log_every", 0), 0, note=" (0: automatic)")
+    _positive("--free-bits", cfg.free_bits, zero=True, hi=MAX_FREE_BITS)
     _positive("--grad-clip", cfg.grad_clip, optional=True)
     _positive("--skip-norm", cfg.skip_norm, optional=True)
     if cfg.resume and getattr(cfg, "overwrite", False):

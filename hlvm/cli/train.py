@@ -8,11 +8,8 @@ from hlvm.data import DATASETS
 from hlvm.programs.chain import MAX_T
 
 
-#: options that fill a TrainConfig field of the same name; their parser default is None ("not given"):
-#: the TrainConfig default, or on --resume the run's own value
-OPTIONS = ("data", "binarize", "data_dir", "steps", "epochs", "batch_size", "lr", "T", "layers", "device", "seed", "ema",
-           "amp", "eval_examples", "estimator", "eval_every", "checkpoint_every", "grad_shards", "kl_warmup", "free_bits",
-           "grad_clip", "skip_norm")
+#: TrainConfig fields that no option of the same name fills
+NOT_OPTIONS = ("model", "out", "resume", "overwrite", "progress", "model_kwargs")
 
 
 def add_common(p):
@@ -62,8 +59,9 @@ def register(sub):
 
 
 def config_from(args, model: str, out: str, saved: dict | None = None):
-    """The TrainConfig of the parsed ``args``: options not given take TrainConfig's defaults, or
-    the values in ``saved`` (a checkpoint's config, on ``--resume``)."""
+    """The TrainConfig of the parsed ``args``: every option named as a TrainConfig field fills it;
+    options not given (None: the parser default of those that define the run) take TrainConfig's
+    defaults, or the values in ``saved`` (a checkpoint's config, on ``--resume``)."""
     from dataclasses import asdict
 
     from hlvm.data import default_binarization
@@ -71,7 +69,7 @@ def config_from(args, model: str, out: str, saved: dict | None = None):
 
     defaults = asdict(TrainConfig())
     base = saved if saved is not None else defaults
-    given = {k: getattr(args, k, None) for k in OPTIONS}
+    given = {k: getattr(args, k, None) for k in defaults if k not in NOT_OPTIONS and hasattr(args, k)}
     values = {k: v if v is not None else base.get(k, defaults[k]) for k, v in given.items()}
     if values["binarize"] is None:
         values["binarize"] = default_binarization(values["data"])
