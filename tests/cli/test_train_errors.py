@@ -99,6 +99,20 @@ def test_compare_option_out_of_range(args, message, capsys, tmp_path):
     assert not (tmp_path / "cmp").exists()
 
 
+@pytest.mark.parametrize("args,message", [
+    (["train", "vae", "--steps", "0"], "hlvm train: error: --steps must be an integer >= 1, got 0"),
+    (["train", "vdm", "--T", "100000000"], "hlvm train: error: --T must be an integer in [1, 100,000]"),
+    (["train", "vae", "--eval-examples", "-5"], "hlvm train: error: --eval-examples must be an integer >= 1, got -5"),
+    (["compare", "--K", "25"], "hlvm compare: error: --K must be 0 (no IWAE bound) or an integer >= 30"),
+    (["compare", "--models", "vdm", "--T", "100000"], "hlvm compare: error: --K 50 × --iwae-examples 100 × --T 100000"),
+])
+def test_as_a_subprocess(args, message, tmp_path):
+    """The same errors from ``python -m hlvm.cli``: exit 2, one line, no traceback, nothing written."""
+    r = hlvm(*args, "--data", "mnist", "--out", tmp_path / "out")
+    assert r.returncode == 2 and _one_line(r.stderr).startswith(message), r.stderr
+    assert not (tmp_path / "out").exists()
+
+
 _INVALID = {
     "--steps": st.integers(max_value=0), "--epochs": st.integers(max_value=0), "--batch-size": st.integers(max_value=0),
     "--lr": st.sampled_from(["0", "-1", "nan", "inf", "-inf", "abc"]), "--T": st.integers(min_value=100_001) | st.integers(max_value=0),
