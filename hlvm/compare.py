@@ -66,7 +66,7 @@ def run_compare(models: list[str], base: TrainConfig, out: str, K: int = 50, iwa
     settings = dict(K=K, iwae_examples=iwae_examples, eval_examples=eval_examples, pfode_examples=pfode_examples,
                     pfode_samples=pfode_samples)
     for name in models:
-        tag = os.path.basename(name).replace(":", "-").replace(".py", "")
+        tag = _tag(name)
         # --T and --layers apply to the models that have them
         cfg = replace(base, model=name, out=os.path.join(out, "runs", tag), eval_examples=min(eval_examples, 500),
                       resume=False, overwrite=True,
@@ -93,7 +93,7 @@ def check_options(models: list[str], base: TrainConfig, out: str, K: int, iwae_e
     """Every option of a comparison, checked before any data is read (ValueError naming the option)."""
     if not models:
         raise ValueError("--models is empty: name at least one model")
-    tags = [os.path.basename(m).replace(":", "-").replace(".py", "") for m in models]
+    tags = [_tag(m) for m in models]
     twice = sorted({m for m, t in zip(models, tags) if tags.count(t) > 1})
     if twice:
         raise ValueError(f"--models names {', '.join(twice)} more than once (each model gets one run folder)")
@@ -103,6 +103,11 @@ def check_options(models: list[str], base: TrainConfig, out: str, K: int, iwae_e
     T = base.T if any(accepts(m, "T") for m in models) else None
     check_compare_options(K, iwae_examples, eval_examples, pfode_examples, pfode_samples, MIN_KHAT_SAMPLES, T)
     writable_folder(out, "the report")
+
+
+def _tag(name: str) -> str:
+    """The file-name tag of a model in the report (its run folder, figure names)."""
+    return os.path.basename(name).replace(":", "-").replace(".py", "")
 
 
 def _report_model(report, name, tag, trainer, result, data, base, settings, out, render, log) -> None:
