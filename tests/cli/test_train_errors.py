@@ -121,7 +121,7 @@ _INVALID = {
     "--grad-clip": st.floats(max_value=0.0), "--skip-norm": st.floats(max_value=0.0), "--kl-warmup": st.integers(max_value=-1),
     "--seed": st.integers(max_value=-1) | st.integers(min_value=2**32), "--grad-shards": st.integers(max_value=0),
     "--eval-every": st.integers(max_value=-1), "--checkpoint-every": st.integers(max_value=-1),
-    "--device": st.text(min_size=1).filter(lambda s: not s.startswith("-") and s not in ("cpu", "cuda")),
+    "--device": st.text(min_size=1).filter(lambda s: not s.startswith(("-", "cuda")) and s != "cpu"),
 }
 
 
