@@ -21,9 +21,11 @@ import torch
 
 from .data import load_dataset
 from .eval.evaluate import ParetoKWarning, evaluate, own_bounds
-from .train import TrainConfig, Trainer
+from .eval.psis import MIN_KHAT_SAMPLES
+from .run_checks import check_compare_options, writable_folder
+from .train import EvaluationFailed, TrainConfig, Trainer, WARMUP_STEPS
 from .programs.sample import draw
-from .registry import accepts
+from .registry import accepts, load_class
 from .report_files import files_section
 
 __all__ = ["run_compare", "format_table"]
@@ -51,41 +53,77 @@ def run_compare(models: list[str], base: TrainConfig, out: str, K: int = 50, iwa
                 eval_examples: int = 1000, pfode_examples: int = 100, pfode_samples: int = 1, render: bool = True,
                 log=print) -> dict:
     """Train each model with the same budget and data, evaluate, and write the report to ``out``
-    (rewritten after each model, so a late failure keeps the rows already done)."""
-    if not models:
-        raise ValueError("--models is empty")
-    if K < 0 or iwae_examples < 0 or pfode_examples < 0 or pfode_samples < 1:
-        raise ValueError("--K, --iwae-examples and --pfode-examples must be >= 0, --pfode-samples >= 1")
+    (rewritten after each model, so a late failure keeps the rows already done; a failure after a
+    model's training names its checkpoint).  The runs of an earlier report in ``out`` are replaced.
+
+    ``sec_per_epoch`` is the training throughput after warm-up: the first
+    :data:`~hlvm.train.WARMUP_STEPS` steps (allocation, caches, compilation) and the periodic
+    evaluations are left out.
+    """
+    check_options(models, base, out, K, iwae_examples, eval_examples, pfode_examples, pfode_samples)
     data = load_dataset(base.data, base.binarize, base.data_dir)
     os.makedirs(out, exist_ok=True)
     report = {"rows": [], "details": {}, "curves": {}, "breakdowns": {}, "files": {}}
     settings = dict(K=K, iwae_examples=iwae_examples, eval_examples=eval_examples, pfode_examples=pfode_examples,
                     pfode_samples=pfode_samples)
     for name in models:
-        tag = os.path.basename(name).replace(":", "-").replace(".py", "")
+        tag = _tag(name)
         # --T and --layers apply to the models that have them
         cfg = replace(base, model=name, out=os.path.join(out, "runs", tag), eval_examples=min(eval_examples, 500),
+                      resume=False, overwrite=True,
                       T=base.T if accepts(name, "T") else None, layers=base.layers if accepts(name, "layers") else None)
         log(f"== {name}: training on {data.name} ({data.kind}, {tuple(data.shape)}) for {cfg.steps or cfg.epochs} "
             f"{'steps' if cfg.steps else 'epochs'}")
         trainer = Trainer(cfg, data)
         result = trainer.fit()
         trainer.swap_ema()  # evaluate the EMA weights when EMA is on
-        row, detail = _evaluate_row(name, trainer, result, data, base.seed, settings, log)
-        report["rows"].append(row)
-        report["details"][name] = detail
-        report["curves"][name] = ([h["step"] for h in trainer.history], [h["test_elbo"] for h in trainer.history])
-        ev = detail["evaluation"]
-        if "kl" in ev:
-            report["breakdowns"][name] = {**{f"KL {k}": v for k, v in ev["kl"].items()}, "recon": ev["reconstruction"]}
-        elif "diffusion" in ev:
-            report["breakdowns"][name] = {"recon": ev["reconstruction"], "prior": ev["prior"], "diffusion": ev["diffusion"]}
-        report["files"][name] = _figures(trainer.model, tag, data, trainer, base.seed, out, render, log)
-        _write_report(report, data, base, settings, out)
+        try:
+            _report_model(report, name, tag, trainer, result, data, base, settings, out, render, log)
+        except Exception as e:
+            msg = str(e).splitlines()[0] if str(e) else ""
+            raise EvaluationFailed(f"{name}: evaluating or reporting failed after training ({type(e).__name__}: {msg}); "
+                                   f"its trained checkpoint is kept at {trainer.ckpt_path}") from e
     table = format_table(report["rows"])
     log("\n" + table)
     log(f"\nreport written to {out}/report.md")
     return {"rows": report["rows"], "details": report["details"]}
+
+
+def check_options(models: list[str], base: TrainConfig, out: str, K: int, iwae_examples: int, eval_examples: int,
+                  pfode_examples: int, pfode_samples: int) -> None:
+    """Every option of a comparison, checked before any data is read (ValueError naming the option)."""
+    if not models:
+        raise ValueError("--models is empty: name at least one model")
+    tags = [_tag(m) for m in models]
+    twice = sorted({m for m, t in zip(models, tags) if tags.count(t) > 1})
+    if twice:
+        raise ValueError(f"--models names {', '.join(twice)} more than once (each model gets one run folder)")
+    base.validate()
+    for m in models:
+        load_class(m)  # unknown names and broken model files fail before any training
+    T = base.T if any(accepts(m, "T") for m in models) else None
+    check_compare_options(K, iwae_examples, eval_examples, pfode_examples, pfode_samples, MIN_KHAT_SAMPLES, T)
+    writable_folder(out, "the report")
+
+
+def _tag(name: str) -> str:
+    """The file-name tag of a model in the report (its run folder, figure names)."""
+    return os.path.basename(name).replace(":", "-").replace(".py", "")
+
+
+def _report_model(report, name, tag, trainer, result, data, base, settings, out, render, log) -> None:
+    """Evaluate one trained model, add its row, figures and breakdown, and rewrite the report."""
+    row, detail = _evaluate_row(name, trainer, result, data, base.seed, settings, log)
+    report["rows"].append(row)
+    report["details"][name] = detail
+    report["curves"][name] = ([h["step"] for h in trainer.history], [h["test_elbo"] for h in trainer.history])
+    ev = detail["evaluation"]
+    if "kl" in ev:
+        report["breakdowns"][name] = {**{f"KL {k}": v for k, v in ev["kl"].items()}, "recon": ev["reconstruction"]}
+    elif "diffusion" in ev:
+        report["breakdowns"][name] = {"recon": ev["reconstruction"], "prior": ev["prior"], "diffusion": ev["diffusion"]}
+    report["files"][name] = _figures(trainer.model, tag, data, trainer, base.seed, out, render, log)
+    _write_report(report, data, base, settings, out)
 
 
 def _evaluate_row(name, trainer, result, data, seed, settings, log):
@@ -160,7 +198,8 @@ def _write_report(report, data, base, settings, out):
                 f"{settings['iwae_examples']}, probability-flow ODE bound (diffusion chains over the data; "
                 f"{settings['pfode_samples']} draw(s) of z_0 per image, dopri5) on {settings['pfode_examples']}. "
                 "Every column is a lower bound on log p(x) of the row's model, in nats per image (higher is better), "
-                "and bits/dim (lower is better).\n\n")
+                "and bits/dim (lower is better). sec_per_epoch: training steps only, after the first "
+                f"{WARMUP_STEPS} steps of warm-up (allocation, caches, compilation); evaluations excluded.\n\n")
         f.write(format_table(rows) + "\n\n")
         for r in rows:
             if r.get("iwae_note"):

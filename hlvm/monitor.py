@@ -187,11 +187,11 @@ class RunMonitor:
                 self.tb.add_image("samples", grid, t.step)
             self.tb.flush()
 
-    def seconds_per_step(self) -> float:
-        """Mean wall-clock seconds of the training steps run, without the first (warm-up: lazy
-        initialisation, allocator and kernel caches) unless it is the only one; NaN before any.
+    def seconds_per_step(self, warmup: int = 1) -> float:
+        """Mean wall-clock seconds of the training steps run, without the first ``warmup`` (lazy
+        initialisation, allocator and kernel caches) unless there are no others; NaN before any.
         Evaluations and checkpoints are not counted."""
-        times = self.step_times[1:] or self.step_times
+        times = self.step_times[warmup:] or self.step_times
         return sum(times) / len(times) if times else float("nan")
 
     def close(self) -> None:

@@ -19,33 +19,44 @@ from __future__ import annotations
 import json
 import math
 import os
-import random
 import time
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 
-import numpy as np
 import pyro
 import torch
 import torch.distributed as dist
 from pyro.infer import SVI, TraceMeanField_ELBO
 
 from . import optim as hlvm_optim
+from .checkpoints import CHECKPOINT, load_checkpoint, load_run_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .data import DataSplit, load_dataset
 from .eval import evaluate
 from .programs.anneal import ScaleLatents, warmup_beta
 from .programs.free_bits import FreeBitsELBO
 from .estimators import make_estimator
 from .monitor import RunMonitor, elbo_terms
-from .registry import build_model
+from .registry import build_model, load_class
+from .run_checks import (check_data_fits, clean_stale_tmp, config_changes, prepare_run_folder, validate_config)
 
-__all__ = ["TrainConfig", "Trainer", "TrainingDiverged", "save_checkpoint", "load_checkpoint", "train"]
+__all__ = ["TrainConfig", "Trainer", "TrainingDiverged", "EvaluationFailed", "save_checkpoint", "load_checkpoint",
+           "load_run_checkpoint", "train", "WARMUP_STEPS"]
 
-CHECKPOINT = "checkpoint.pt"
+#: steps of each :meth:`Trainer.fit` call left out of its throughput (warm-up: allocation, caches, compilation)
+WARMUP_STEPS = 3
 
 
 class TrainingDiverged(RuntimeError):
-    """The loss became NaN or infinite; the last good checkpoint was kept."""
+    """The loss or its gradient became NaN or infinite; no update was applied and the last
+    checkpoint, written at a step whose loss and parameters were finite, was kept."""
+
+
+class EvaluationFailed(RuntimeError):
+    """Training went on but evaluating or writing its results failed; the trained state was saved first."""
+
+
+class _NonFinite(Exception):
+    """Raised inside an SVI step, before the optimizer runs, when the loss or a gradient is not finite."""
 
 
 @dataclass
@@ -67,6 +78,7 @@ class TrainConfig:
     seed: int = 0
     out: str = "runs/train"
     resume: bool = False
+    overwrite: bool = False
     ema: float = 0.0
     amp: bool = False
     eval_every: int = 0
@@ -83,80 +95,11 @@ class TrainConfig:
     model_kwargs: dict = field(default_factory=dict)
 
     def validate(self) -> None:
-        if self.steps is not None and self.steps < 0:
-            raise ValueError(f"--steps must be >= 0, got {self.steps}")
-        if self.epochs is not None and self.epochs < 0:
-            raise ValueError(f"--epochs must be >= 0, got {self.epochs}")
-        if self.batch_size < 1:
-            raise ValueError(f"--batch-size must be >= 1, got {self.batch_size}")
-        if not (self.lr > 0 and math.isfinite(self.lr)):
-            raise ValueError(f"--lr must be a positive number, got {self.lr}")
-        if self.T is not None and self.T < 1:
-            raise ValueError(f"--T must be >= 1, got {self.T}")
-        if self.layers is not None and self.layers < 1:
-            raise ValueError(f"--layers must be >= 1, got {self.layers}")
-        if not 0 <= self.ema < 1:
-            raise ValueError(f"--ema must be in [0, 1), got {self.ema}")
-        if not self.free_bits >= 0:
-            raise ValueError(f"--free-bits must be >= 0, got {self.free_bits}")
-        if self.kl_warmup < 0:
-            raise ValueError(f"--kl-warmup must be >= 0, got {self.kl_warmup}")
-        if self.log_every < 0:
-            raise ValueError(f"--log-every must be >= 0 (0: automatic), got {self.log_every}")
-        if self.grad_shards < 1:
-            raise ValueError(f"grad_shards must be >= 1, got {self.grad_shards}")
-        if self.device not in ("cpu", "cuda") and not self.device.startswith("cuda:"):
-            raise ValueError(f"--device must be cpu or cuda, got {self.device!r}")
-        if self.device.startswith("cuda") and not torch.cuda.is_available():
-            raise ValueError("--device cuda requested but no CUDA device is available")
-        if self.amp and not self.device.startswith("cuda"):
-            raise ValueError("--amp (mixed precision) needs --device cuda")
+        """Raise ValueError naming the first option out of its range (:func:`hlvm.run_checks.validate_config`)."""
+        validate_config(self)
 
 
 # ---------------------------------------------------------------------------------------------
-def save_checkpoint(path: str, state: dict) -> None:
-    """Write ``state`` to ``path`` atomically (temporary file + fsync + rename)."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    tmp = os.path.join(folder, f".{os.path.basename(path)}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
-def load_checkpoint(path: str, map_location="cpu") -> dict:
-    """Read a checkpoint, with a clear ValueError when it is missing or unreadable."""
-    if os.path.isdir(path):
-        path = os.path.join(path, CHECKPOINT)
-    if not os.path.isfile(path):
-        raise ValueError(f"checkpoint {path!r} does not exist")
-    try:
-        return torch.load(path, map_location=map_location, weights_only=False)
-    except Exception as e:  # truncated or foreign file
-        raise ValueError(f"checkpoint {path!r} is unreadable: {type(e).__name__}") from None
-
-
-def _rng_state() -> dict:
-    state = {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state()}
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: dict) -> None:
-    torch.set_rng_state(state["torch"])
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
 def _shard_seed(seed: int, step: int, shard: int) -> int:
     return (seed * 1_000_003 + step * 7919 + shard * 104_729) % (2**63 - 1)
 
@@ -178,15 +121,21 @@ class Trainer:
         self.device = torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if cfg.device == "cuda" and self.world > 1 else cfg.device)
         if cfg.batch_size % (self.world * cfg.grad_shards):
             raise ValueError(f"--batch-size {cfg.batch_size} must be divisible by world size × grad shards = {self.world * cfg.grad_shards}")
+        self.ckpt_path = os.path.join(cfg.out, CHECKPOINT)
+        prepare_run_folder(cfg.out, CHECKPOINT, cfg.resume, cfg.overwrite)
+        if self.is_main:
+            clean_stale_tmp(cfg.out)
+        resumed = self._resume_checkpoint() if cfg.resume else None
+        load_class(cfg.model)  # an unknown name or a broken model file fails before the data are read
         self.data = data if data is not None else load_dataset(cfg.data, cfg.binarize, cfg.data_dir)
         if self.data.train.shape[0] < cfg.batch_size:
             raise ValueError(f"--batch-size {cfg.batch_size} exceeds the {self.data.train.shape[0]} training examples")
-        self.ckpt_path = os.path.join(cfg.out, CHECKPOINT)
         pyro.clear_param_store()
         pyro.set_rng_seed(cfg.seed)
         self.model = build_model(cfg.model, self.data.shape, self.data.kind, T=cfg.T, layers=cfg.layers,
                                  **cfg.model_kwargs).to(self.device)
         self.dtype = next(self.model.parameters()).dtype
+        check_data_fits(self.model, self.data.test[:2].to(self.device, self.dtype), cfg.model, self.data)
         #: the ELBO: what every evaluation reports
         self.bound_estimator = make_estimator(cfg.estimator, self.model)
         #: the training objective: the ELBO, or with --free-bits its free-bits version
@@ -203,8 +152,11 @@ class Trainer:
         self.history: list[dict] = []
         self.losses: list[float] = []
         self.ema = {k: v.detach().clone() for k, v in self.model.state_dict().items()} if cfg.ema > 0 else None
-        if cfg.resume:
-            self.load(self.ckpt_path)
+        if resumed is not None:
+            self.load(resumed)
+            if self.step > self.total_steps:
+                raise ValueError(f"--resume: {self.ckpt_path} is already at step {self.step}, beyond the "
+                                 f"{self.total_steps} steps asked for (--steps/--epochs)")
 
     # -- sizes -----------------------------------------------------------------------------
     @property
@@ -259,7 +211,19 @@ class Trainer:
                 p.grad.copy_(flat[offset:offset + n].view_as(p))
                 offset += n
             total = flat[-1].double().cpu()
-        return total.item()
+        loss = total.item()
+        self._check_finite(loss)
+        return loss
+
+    def _check_finite(self, loss: float) -> None:
+        """Stop the step before the optimizer runs if the loss or (unless ``skip_norm`` skips such
+        updates) the gradient is not finite, so that no NaN ever reaches the parameters."""
+        if not math.isfinite(loss):
+            raise _NonFinite(f"loss became {loss}")
+        if self.cfg.skip_norm is None:
+            grads = [p.grad for p in self.model.parameters() if p.grad is not None]
+            if grads and not bool(torch.stack([torch.isfinite(g).all() for g in grads]).all()):  # one sync
+                raise _NonFinite(f"gradient became non-finite (loss {loss:.6g})")
 
     # -- data ------------------------------------------------------------------------------
     def _next_batch(self):
@@ -300,7 +264,7 @@ class Trainer:
             "version": 1, "config": asdict(self.cfg), "model": self.model.state_dict(),
             "optim": self.optim.get_state(),
             "estimator": self.estimator.state_dict() if hasattr(self.estimator, "state_dict") else None,
-            "rng": _rng_state(), "gen": self.gen.get_state(), "perm": self.perm, "batch_idx": self.batch_idx,
+            "rng": rng_state(), "gen": self.gen.get_state(), "perm": self.perm, "batch_idx": self.batch_idx,
             "step": self.step, "history": self.history, "losses": self.losses, "ema": self.ema,
             "data": {"name": self.data.name, "kind": self.data.kind, "shape": self.data.shape},
         }
@@ -309,15 +273,29 @@ class Trainer:
         if self.is_main:
             save_checkpoint(path or self.ckpt_path, self.state())
 
-    def load(self, path: str) -> None:
-        ck = load_checkpoint(path, map_location=self.device)
+    def _resume_checkpoint(self) -> dict:
+        """The run's checkpoint, checked against this config: a setting that would alter the run is
+        refused (one line listing all such differences); allowed changes (ALLOWED_ON_RESUME) are logged."""
+        ck = load_run_checkpoint(self.ckpt_path, map_location=self.device)
+        refused, allowed = config_changes(ck["config"], asdict(self.cfg), asdict(TrainConfig()))
+        if refused:
+            raise ValueError(f"--resume: {self.ckpt_path} was trained with other settings ({'; '.join(refused)}); "
+                             "resume with the run's own settings, or pass --overwrite to start a new run")
+        shown = [c for c in allowed if not c.startswith(("resume ", "overwrite ", "progress "))]
+        if shown and self.is_main:
+            self.log(f"resuming {self.ckpt_path} at step {ck['step']} with changed settings: {'; '.join(shown)}")
+        return ck
+
+    def load(self, path) -> None:
+        """Restore the state of a checkpoint (a path or an already read checkpoint dict)."""
+        ck = path if isinstance(path, dict) else load_run_checkpoint(path, map_location=self.device)
         if ck["config"]["model"] != self.cfg.model:
             raise ValueError(f"checkpoint is of model {ck['config']['model']!r}, not {self.cfg.model!r}")
         self.model.load_state_dict(ck["model"])
         self.optim.set_state(ck["optim"])
         if ck.get("estimator") and hasattr(self.estimator, "load_state_dict"):
             self.estimator.load_state_dict(ck["estimator"])
-        _set_rng_state(ck["rng"])
+        set_rng_state(ck["rng"])
         self.gen.set_state(ck["gen"])
         self.perm, self.batch_idx, self.step = ck["perm"], ck["batch_idx"], ck["step"]
         self.history, self.losses, self.ema = ck["history"], ck["losses"], ck["ema"]
@@ -336,18 +314,23 @@ class Trainer:
         start = time.perf_counter()
         steps_run = 0
         while self.step < total:
-            t_step = time.perf_counter()
+            step_start = time.perf_counter()
             x = self._next_batch().to(self.device, self.dtype)
             try:
                 loss = self.svi.step(x)
+            except _NonFinite as e:
+                monitor.close()
+                raise TrainingDiverged(f"{e} at step {self.step + 1}; training stopped before the update and "
+                                       f"{self._kept()}") from None
             except ValueError as e:  # Pyro's validation meets NaN parameters or factors first
                 if "invalid values" not in str(e) and "nan" not in str(e).lower():
                     raise
-                loss = float("nan")
-            if not math.isfinite(loss):
                 monitor.close()
-                kept = f"the last good checkpoint is kept at {self.ckpt_path}" if os.path.exists(self.ckpt_path) else "no checkpoint had been written yet"
-                raise TrainingDiverged(f"loss became {loss} at step {self.step + 1}; training stopped and {kept}")
+                raise TrainingDiverged(f"loss became nan at step {self.step + 1} ({str(e).splitlines()[0]}); training "
+                                       f"stopped and {self._kept()}") from None
+            if not math.isfinite(loss):  # an SVI step that reports a non-finite loss itself
+                monitor.close()
+                raise TrainingDiverged(f"loss became {loss} at step {self.step + 1}; training stopped and {self._kept()}")
             self.step += 1
             steps_run += 1
             per_ex = loss / x.shape[0]
@@ -359,9 +342,9 @@ class Trainer:
                             self.ema[k].mul_(cfg.ema).add_(v.detach(), alpha=1 - cfg.ema)
                         else:
                             self.ema[k].copy_(v)
-            monitor.on_step(per_ex, time.perf_counter() - t_step)
+            monitor.on_step(per_ex, time.perf_counter() - step_start)
             if self.step % eval_every == 0 or self.step == total:
-                ev = self.evaluate_test()
+                ev = self._guarded(self.evaluate_test, "the test evaluation")
                 elapsed = time.perf_counter() - start
                 self.history.append({"step": self.step, "epoch": self.step / self.steps_per_epoch,
                                      "train_elbo": -per_ex, "test_elbo": ev["elbo"], "test_bpd": ev["bpd"],
@@ -371,12 +354,33 @@ class Trainer:
                 self.save()
         monitor.close()
         if self.is_main:
-            os.makedirs(cfg.out, exist_ok=True)
-            with open(os.path.join(cfg.out, "history.json"), "w") as f:
-                json.dump({"history": self.history, "losses": self.losses}, f)
+            self._guarded(self._write_history, "writing history.json")
         seconds = time.perf_counter() - start
         return {"steps": self.step, "seconds": seconds, "history": self.history, "losses": self.losses,
-                "seconds_per_epoch": monitor.seconds_per_step() * self.steps_per_epoch}
+                "seconds_per_epoch": monitor.seconds_per_step(WARMUP_STEPS) * self.steps_per_epoch,
+                "timed_steps": max(steps_run - WARMUP_STEPS, 0)}
+
+    def _write_history(self) -> None:
+        with open(os.path.join(self.cfg.out, "history.json"), "w") as f:
+            json.dump({"history": self.history, "losses": self.losses}, f)
+
+    def _kept(self) -> str:
+        if os.path.exists(self.ckpt_path):
+            return f"the last good checkpoint is kept at {self.ckpt_path} (written at a finite loss, with finite parameters)"
+        return "no checkpoint had been written yet"
+
+    def _guarded(self, work, what: str):
+        """Run ``work()``; if it fails, save the trained state first and raise EvaluationFailed saying where it is."""
+        try:
+            return work()
+        except Exception as e:
+            try:
+                self.save()
+                kept = f"the trained state (step {self.step}) is saved in {self.ckpt_path}; continue with --resume"
+            except Exception as e2:
+                kept = f"saving the checkpoint failed too ({type(e2).__name__}: {e2})"
+            msg = str(e).splitlines()[0] if str(e) else ""
+            raise EvaluationFailed(f"{what} failed after step {self.step} ({type(e).__name__}: {msg}); {kept}") from e
 
 
 def train(cfg: TrainConfig, data: DataSplit | None = None) -> Trainer:

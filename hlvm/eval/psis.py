@@ -16,8 +16,10 @@ __all__ = ["ParetoKWarning", "KHAT_THRESHOLD", "MIN_KHAT_SAMPLES", "pareto_khat"
 
 #: k̂ above this: the importance-sampling estimate is unreliable (Vehtari et al. 2024).
 KHAT_THRESHOLD = 0.7
-#: fewest importance samples for which k̂ is defined: PSIS fits its tail to M = ⌊K/5⌋ ≥ 5 draws.
-MIN_KHAT_SAMPLES = 25
+#: fewest importance samples for which k̂ is defined: PSIS fits its tail to M = ⌊K/5⌋ draws, and
+#: the Zhang–Stephens fit needs a first tail quartile above the tail's minimum, i.e. M ≥ 6
+#: (with M = 5, the K = 25..29 of arviz_stats' own minimum of 5, every k̂ is NaN).
+MIN_KHAT_SAMPLES = 30
 
 
 class ParetoKWarning(UserWarning):
@@ -47,7 +49,7 @@ def pareto_khat(log_weights, rtol: float | None = None) -> torch.Tensor:
     Non-finite inputs other than −inf give NaN.
 
     Raises:
-        ValueError: if K < 25 (PSIS needs ≥ 5 tail draws).
+        ValueError: if K < 30 (:data:`MIN_KHAT_SAMPLES`: the tail fit needs ≥ 6 draws).
     """
     from arviz_stats.base import array_stats
 

@@ -111,9 +111,9 @@ def test_compare_and_sample_user_hierarchies(tmp_path):
 @pytest.mark.parametrize("args,message", [
     (["train", "nosuchmodel"], "unknown model 'nosuchmodel'"),
     (["train", "vae", "--data", "nosuchdata"], "unknown dataset 'nosuchdata'"),
-    (["train", "vae", "--epochs", "-1"], "--epochs must be >= 0"),
-    (["train", "vae", "--batch-size", "0"], "--batch-size must be >= 1"),
-    (["train", "vae", "--device", "tpu"], "--device must be cpu or cuda"),
+    (["train", "vae", "--epochs", "-1"], "--epochs must be an integer >= 1"),
+    (["train", "vae", "--batch-size", "0"], "--batch-size must be an integer >= 1"),
+    (["train", "vae", "--device", "tpu"], "--device must be cpu, cuda or cuda:N"),
     (["train", "vae", "--data", "mnist", "--data-dir", "/proc/1/nonexistent/dir"], "does not exist"),
     (["train", "vae", "--data", "fashion-mnist"], "needs --data-dir"),
     (["train", "vae", "--data", "cifar10", "--data-dir", "/tmp"], "cifar10 file data_batch_1 not found; looked for /tmp/cifar-10-batches-py/data_batch_1"),

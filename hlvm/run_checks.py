@@ -1,0 +1,216 @@
+"""Checks of a training run made before any work starts: option ranges, the run folder, resume
+compatibility, and whether the data fit the model's likelihood.
+
+Every function raises :class:`ValueError` with one line that names the option (by its CLI
+spelling, e.g. ``--batch-size``) and the allowed range; the CLI turns it into exit code 2.
+"""
+
+from __future__ import annotations
+
+import glob
+import math
+import os
+
+import torch
+
+from .eval.possible import observed_site
+from .programs.chain import check_T
+
+__all__ = ["validate_config", "check_compare_options", "prepare_run_folder", "writable_folder", "clean_stale_tmp", "config_changes",
+           "check_data_fits", "ALLOWED_ON_RESUME", "MAX_SEED", "MAX_FREE_BITS", "ESTIMATORS", "IWAE_BUDGET"]
+
+#: the largest seed NumPy's generator accepts
+MAX_SEED = 2**32 - 1
+ESTIMATORS = ("auto", "trace", "meanfield", "diffusion")
+#: most chain steps (K × examples × T) of a comparison's IWAE bound of a discrete-time chain:
+#: about 15 minutes on one CPU core (measured: T = 1000, K = 50, 10 examples in 40 s)
+IWAE_BUDGET = 10**7
+#: settings that may change on ``--resume`` (they do not alter the trained parameters); logged
+ALLOWED_ON_RESUME = ("steps", "epochs", "eval_every", "eval_examples", "checkpoint_every", "progress", "resume",
+                     "overwrite", "out", "data_dir", "device", "log_every", "tensorboard")
+#: the largest --free-bits (nats per example and layer): far above any layer's KL (where it only turns
+#: the KL off), and small enough that λ · examples · layers stays finite
+MAX_FREE_BITS = 1e6
+
+
+# --------------------------------------------------------------------------------- option ranges
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _int(option: str, value, lo: int, hi: int | None = None, optional: bool = False, note: str = "") -> None:
+    """``value`` is an integer in [lo, hi] (or None when ``optional``)."""
+    if value is None and optional:
+        return
+    if not (_is_int(value) and lo <= value and (hi is None or value <= hi)):
+        allowed = f"an integer >= {lo}" if hi is None else f"an integer in [{lo}, {hi}]"
+        raise ValueError(f"{option} must be {allowed}{note}, got {value!r}")
+
+
+def _positive(option: str, value, optional: bool = False, zero: bool = False, hi: float | None = None) -> None:
+    """``value`` is a finite number > 0 (>= 0 with ``zero``; <= ``hi`` if given; None when ``optional``)."""
+    if value is None and optional:
+        return
+    ok = _is_number(value) and math.isfinite(value) and (value >= 0 if zero else value > 0) and (hi is None or value <= hi)
+    if not ok:
+        allowed = f"{'>= 0' if zero else '> 0'}" if hi is None else f"in [0, {hi:g}]" if zero else f"in (0, {hi:g}]"
+        raise ValueError(f"{option} must be a finite number {allowed}, got {value!r}")
+
+
+def _device(device) -> None:
+    if not isinstance(device, str) or not (device in ("cpu", "cuda") or device.startswith("cuda:")):
+        raise ValueError(f"--device must be cpu, cuda or cuda:N, got {device!r}")
+    if device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ValueError(f"--device {device}: no CUDA device is available (torch.cuda.is_available() is False); "
+                             "use --device cpu")
+        index = device.partition(":")[2]
+        if index and not (index.isdigit() and int(index) < torch.cuda.device_count()):
+            raise ValueError(f"--device {device}: CUDA devices are cuda:0..cuda:{torch.cuda.device_count() - 1}")
+
+
+def validate_config(cfg) -> None:
+    """All range checks of a :class:`~hlvm.train.TrainConfig`, in one place (no data is read)."""
+    _int("--steps", cfg.steps, 1, optional=True)
+    _int("--epochs", cfg.epochs, 1, optional=True)
+    _int("--batch-size", cfg.batch_size, 1)
+    _positive("--lr", cfg.lr)
+    check_T(cfg.T, "--T")
+    _int("--layers", cfg.layers, 1, optional=True)
+    if cfg.estimator not in ESTIMATORS:
+        raise ValueError(f"--estimator must be one of {', '.join(ESTIMATORS)}, got {cfg.estimator!r}")
+    _device(cfg.device)
+    _int("--seed", cfg.seed, 0, MAX_SEED)
+    if not (_is_number(cfg.ema) and 0 <= cfg.ema < 1):
+        raise ValueError(f"--ema must be a number in [0, 1) (0: off), got {cfg.ema!r}")
+    if cfg.amp and not cfg.device.startswith("cuda"):
+        raise ValueError("--amp (bf16 mixed precision) needs --device cuda")
+    _int("--eval-every", cfg.eval_every, 0, note=" (0: each epoch)")
+    _int("--eval-examples", cfg.eval_examples, 1)
+    _int("--checkpoint-every", cfg.checkpoint_every, 0, note=" (0: each epoch)")
+    _int("--grad-shards", cfg.grad_shards, 1)
+    _int("--kl-warmup", cfg.kl_warmup, 0, note=" (0: off)")
+    _int("--log-every", getattr(cfg, "log_every", 0), 0, note=" (0: automatic)")
+    _positive("--free-bits", cfg.free_bits, zero=True, hi=MAX_FREE_BITS)
+    _positive("--grad-clip", cfg.grad_clip, optional=True)
+    _positive("--skip-norm", cfg.skip_norm, optional=True)
+    if cfg.resume and getattr(cfg, "overwrite", False):
+        raise ValueError("--resume and --overwrite exclude each other: continue the run or replace it")
+    if not isinstance(cfg.model_kwargs, dict):
+        raise ValueError(f"model_kwargs must be a dict, got {type(cfg.model_kwargs).__name__}")
+
+
+def check_compare_options(K: int, iwae_examples: int, eval_examples: int, pfode_examples: int,
+                          pfode_samples: int, min_khat: int, T: int | None = None) -> None:
+    """The ranges of ``hlvm compare``'s own options; ``--K`` is 0 (no IWAE) or large enough for k̂;
+    with a discrete-time chain of ``T`` steps, the IWAE bound's size K · examples · T is at most
+    :data:`IWAE_BUDGET` (its stock program traces every step)."""
+    if not (_is_int(K) and (K == 0 or K >= min_khat)):
+        raise ValueError(f"--K must be 0 (no IWAE bound) or an integer >= {min_khat} (Pareto k̂ fits its tail to "
+                         f"⌊K/5⌋ >= 6 weights), got {K!r}")
+    _int("--iwae-examples", iwae_examples, 0, note=" (0: no IWAE bound)")
+    _int("--eval-examples", eval_examples, 1)
+    _int("--pfode-examples", pfode_examples, 0, note=" (0: no PF-ODE bound)")
+    _int("--pfode-samples", pfode_samples, 1)
+    size = K * iwae_examples * (T or 0)
+    if size > IWAE_BUDGET:
+        raise ValueError(f"--K {K} × --iwae-examples {iwae_examples} × --T {T} = {size:.1e} chain steps for the IWAE "
+                         f"bound (limit {IWAE_BUDGET:.0e}, about 15 CPU minutes): lower --iwae-examples or --K "
+                         "(0: no IWAE bound)")
+
+
+# --------------------------------------------------------------------------------- the run folder
+def prepare_run_folder(out: str, checkpoint: str, resume: bool, overwrite: bool) -> None:
+    """Check the run folder before training: it is a writable folder; an existing checkpoint
+    needs ``resume`` (continue) or ``overwrite`` (replace); ``resume`` needs one. Creates it."""
+    ckpt = os.path.join(out, checkpoint)
+    _not_a_file(out, "the run")
+    if resume and not os.path.isfile(ckpt):
+        raise ValueError(f"--resume: no checkpoint in {out!r} ({ckpt} does not exist)")
+    if os.path.isfile(ckpt) and not (resume or overwrite):
+        raise ValueError(f"--out {out!r} already holds a run ({ckpt}): pass --resume to continue it "
+                         "or --overwrite to replace it")
+    writable_folder(out)
+
+
+def writable_folder(out: str, what: str = "the run") -> None:
+    """Create ``out`` if needed and check that files can be written in it (ValueError naming --out)."""
+    _not_a_file(out, what)
+    try:
+        os.makedirs(out, exist_ok=True)
+        probe = os.path.join(out, f".write-test-{os.getpid()}")
+        with open(probe, "wb"):
+            pass
+        os.remove(probe)
+    except OSError as e:
+        raise ValueError(f"--out {out!r} is not a writable folder: {e.strerror or type(e).__name__}") from None
+
+
+def _not_a_file(out: str, what: str) -> None:
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise ValueError(f"--out {out!r} is a file, not a folder: name a folder for {what}")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's live process
+        return True
+    return True
+
+
+def clean_stale_tmp(folder: str) -> list[str]:
+    """Remove ``.*.tmp-<pid>`` files of checkpoint writes whose process is gone; the paths removed."""
+    removed = []
+    for path in glob.glob(os.path.join(glob.escape(folder), ".*.tmp-*")):
+        pid = path.rpartition(".tmp-")[2]
+        if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+            try:
+                os.remove(path)
+                removed.append(path)
+            except OSError:
+                pass
+    return removed
+
+
+# --------------------------------------------------------------------------------- resume
+def config_changes(saved: dict, current: dict, defaults: dict) -> tuple[list[str], list[str]]:
+    """(refused, allowed) differences between a checkpoint's config and the current one, each
+    ``"name A → B"``; keys absent from an older checkpoint take their default."""
+    refused, allowed = [], []
+    for key in current:
+        before = saved.get(key, defaults.get(key))
+        if before != current[key]:
+            (allowed if key in ALLOWED_ON_RESUME else refused).append(f"{key} {before!r} → {current[key]!r}")
+    return refused, allowed
+
+
+# --------------------------------------------------------------------------------- data vs model
+def check_data_fits(model, x: torch.Tensor, spec: str, data) -> None:
+    """Raise ValueError if the examples ``x`` lie outside the support of the model's observation
+    distribution (e.g. 8-bit grey levels given to a Bernoulli likelihood)."""
+    site = observed_site(model, x)
+    if site is None:
+        return
+    fn, value = site["fn"], site["value"]
+    try:
+        inside = bool(fn.support.check(value).all())
+    except NotImplementedError:  # a distribution without a checkable support
+        return
+    if not inside:
+        lo, hi = float(x.min()), float(x.max())
+        raise ValueError(f"the data do not fit model {spec!r}: {data.name} as {data.kind} data (values {lo:g}..{hi:g}) "
+                         f"lie outside the support of its likelihood {_dist_name(fn)}; choose --binarize to match "
+                         "the model, or a model whose likelihood fits the data")
+
+
+def _dist_name(fn) -> str:
+    while hasattr(fn, "base_dist"):
+        fn = fn.base_dist
+    return type(fn).__name__
