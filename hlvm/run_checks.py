@@ -126,7 +126,7 @@ def check_compare_options(K: int, iwae_examples: int, eval_examples: int, pfode_
 # --------------------------------------------------------------------------------- the run folder
 def prepare_run_folder(out: str, checkpoint: str, resume: bool, overwrite: bool) -> None:
     """Check the run folder before training: it is a writable folder; an existing checkpoint
-    needs ``resume`` (continue) or ``overwrite`` (replace); ``resume`` needs one. Creates it."""
+    needs ``resume`` (continue) or ``overwrite`` (replace); ``resume`` needs one.  Nothing is created yet."""
     ckpt = os.path.join(out, checkpoint)
     _not_a_file(out, "the run")
     if resume and not os.path.isfile(ckpt):
@@ -138,14 +138,24 @@ def prepare_run_folder(out: str, checkpoint: str, resume: bool, overwrite: bool)
 
 
 def writable_folder(out: str, what: str = "the run") -> None:
-    """Create ``out`` if needed and check that files can be written in it (ValueError naming --out)."""
+    """Check that files can be written in ``out`` (ValueError naming --out) without creating it:
+    an existing folder is probed with a file; otherwise its nearest existing parent must be a
+    writable folder.  The folder itself is made when the first file is written."""
     _not_a_file(out, what)
     try:
-        os.makedirs(out, exist_ok=True)
-        probe = os.path.join(out, f".write-test-{os.getpid()}")
-        with open(probe, "wb"):
-            pass
-        os.remove(probe)
+        if os.path.isdir(out):
+            probe = os.path.join(out, f".write-test-{os.getpid()}")
+            with open(probe, "wb"):
+                pass
+            os.remove(probe)
+            return
+        parent = os.path.dirname(os.path.abspath(out))
+        while not os.path.exists(parent):
+            parent = os.path.dirname(parent)
+        if not os.path.isdir(parent):
+            raise NotADirectoryError(20, "a parent is a file", parent)
+        if not os.access(parent, os.W_OK | os.X_OK):
+            raise PermissionError(13, "permission denied", parent)
     except OSError as e:
         raise ValueError(f"--out {out!r} is not a writable folder: {e.strerror or type(e).__name__}") from None
 

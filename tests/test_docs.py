@@ -28,8 +28,8 @@ TRAIN = ["--steps", "2", "--batch-size", "16", "--eval-examples", "16", "--no-pr
 #: what each kind of command gets appended to run at smoke size (the first word, or `hlvm <cmd>`)
 SMOKE = {
     "hlvm train": TRAIN,
-    "hlvm compare": [*TRAIN, "--K", "2", "--iwae-examples", "4", "--pfode-examples", "1"],
-    "hlvm demo": [*TRAIN, "--K", "2", "--iwae-examples", "4", "--pfode-examples", "1"],
+    "hlvm compare": [*TRAIN, "--K", "30", "--iwae-examples", "2", "--pfode-examples", "1"],
+    "hlvm demo": [*TRAIN, "--K", "30", "--iwae-examples", "2", "--pfode-examples", "1"],
     "hlvm sample": ["--n", "4"],
     "hlvm render": [],
     "examples/hole_problem.py": ["--steps", "20"],

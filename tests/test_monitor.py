@@ -12,7 +12,7 @@ import pytest
 
 from conftest import ROOT
 from hlvm.monitor import auto_log_every, line_mode, read_metrics
-from hlvm.train import TrainConfig, Trainer
+from hlvm.train import WARMUP_STEPS, TrainConfig, Trainer
 
 pytestmark = pytest.mark.usefixtures("one_intra_op_thread")
 
@@ -107,7 +107,7 @@ def test_metrics_survive_resume_without_duplicate_steps(tmp_path):
 
 def test_new_run_starts_a_new_metrics_file(tmp_path):
     _run(tmp_path, 3)
-    _run(tmp_path, 2)
+    _run(tmp_path, 2, overwrite=True)  # a new run replacing the old one in the same folder
     assert _train_steps(read_metrics(str(tmp_path))) == [1, 2]
 
 

@@ -30,7 +30,7 @@ def test_files_section_links_every_file_with_relative_quoted_paths(tmp_path):
 def test_compare_report_links_every_file_it_wrote(tmp_path):
     out = tmp_path / "report"
     base = TrainConfig(data="digits", binarize="static", steps=2, batch_size=32, progress=False)
-    run_compare(["vae", "hvae-td"], base, str(out), K=2, iwae_examples=4, eval_examples=16, pfode_examples=0,
+    run_compare(["vae", "hvae-td"], base, str(out), K=30, iwae_examples=4, eval_examples=16, pfode_examples=0,
                 log=lambda *a: None)
     report = (out / "report.md").read_text()
     written = files_written(str(out))

@@ -91,8 +91,8 @@ def workdir(tmp_path_factory):
 def _base(command: str, root) -> list[str]:
     tiny = ["--data", "digits", "--steps", "1", "--batch-size", "8", "--eval-examples", "8", "--no-progress"]
     return {
-        "train": ["train", "vae", *tiny, "--out", str(root / "run")],
-        "compare": ["compare", "--models", "vae", *tiny, "--K", "2", "--iwae-examples", "2", "--pfode-examples", "0",
+        "train": ["train", "vae", *tiny, "--out", str(root / "run"), "--overwrite"],
+        "compare": ["compare", "--models", "vae", *tiny, "--K", "0", "--iwae-examples", "2", "--pfode-examples", "0",
                     "--no-render", "--out", str(root / "report")],
         "sample": ["sample", "vdm", "--checkpoint", str(root / "ckpt"), "--n", "4", "--out", str(root / "s.png")],
         "render": ["render", "vae", "--format", "dot", "--out", str(root / "figs")],
