@@ -42,7 +42,7 @@ from pyro import poutine
 from pyro.infer.util import zero_grads
 from pyro.poutine.util import prune_subsample_sites
 
-__all__ = ["RecordedLoss", "CompiledSVI", "compile_step"]
+__all__ = ["RecordedLoss", "CompiledSVI", "compile_step", "SVIWithReplay"]
 
 _READOUTS = ("torch_item", "warn_if_nan")  # Pyro's scalar read-outs for reporting: not part of the gradient
 
@@ -88,6 +88,10 @@ class _Slots:
 
     @contextlib.contextmanager
     def swapped(self, values):
+        """Stand-ins in every place; afterwards every place, and the param store's bookkeeping
+        (which ``pyro.module`` rewrites when it meets the stand-ins), exactly as before."""
+        store = pyro.get_param_store()
+        books = [(d, dict(d)) for d in (store._params, store._param_to_name, store._constraints)]
         saved = [(d, key, d[key]) for d, key, _ in self.places]
         try:
             for d, key, k in self.places:
@@ -96,6 +100,9 @@ class _Slots:
         finally:
             for d, key, v in saved:
                 d[key] = v
+            for d, before in books:
+                d.clear()
+                d.update(before)
 
 
 def _mutates_state(graph: torch.fx.GraphModule) -> bool:
@@ -172,7 +179,8 @@ class RecordedLoss:
         inputs = [p.detach().requires_grad_(True) for p in params]
         state = torch.random.get_rng_state()
         try:
-            graph = make_fx(step)(inputs, list(args))
+            with poutine.block():  # the recording's sites (stand-ins for the parameters) stay private
+                graph = make_fx(step)(inputs, list(args))
         except Exception as e:  # noqa: BLE001 - any failure to record means: use Pyro
             return None, f"the step cannot be recorded ({type(e).__name__}: {str(e).splitlines()[0][:120]})"
         finally:
@@ -186,7 +194,8 @@ class RecordedLoss:
         return graph, None
 
     def _reparameterized(self, *args, **kwargs) -> bool:
-        tr = prune_subsample_sites(poutine.trace(self.guide).get_trace(*args, **kwargs))
+        with poutine.block():
+            tr = prune_subsample_sites(poutine.trace(self.guide).get_trace(*args, **kwargs))
         return all(s["fn"].has_rsample or s["is_observed"] for s in tr.nodes.values()
                    if s["type"] == "sample" and not s.get("infer", {}).get("is_auxiliary"))
 
@@ -273,3 +282,23 @@ class CompiledSVI:
 def compile_step(model, guide, elbo, optim, check_every: int = 100, log=None) -> CompiledSVI:
     """An SVI whose step is recorded once per input signature and replayed (see module docs)."""
     return CompiledSVI(model, guide, optim, elbo, check_every=check_every, log=log)
+
+
+class SVIWithReplay(pyro.infer.SVI):
+    """:class:`pyro.infer.SVI` for a ``loss_and_grads`` that may replay a :class:`RecordedLoss`:
+    a replay runs no ``pyro.param`` statement, so SVI's parameter capture would see none of the
+    parameters it gave gradients to.  The loss function appends them to :attr:`replayed`; the step
+    updates the union, exactly as ``SVI.step`` updates what it captured."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.replayed: list[torch.Tensor] = []
+
+    def step(self, *args, **kwargs) -> float:
+        self.replayed.clear()
+        with poutine.trace(param_only=True) as capture:
+            loss = self.loss_and_grads(self.model, self.guide, *args, **kwargs)
+        params = {s["value"].unconstrained() for s in capture.trace.nodes.values()} | set(self.replayed)
+        self.optim(params)
+        zero_grads(params)
+        return float(loss)

@@ -24,6 +24,7 @@ import torch
 
 from .cache import mnist5k_pixels
 from .cifar import cifar10_arrays
+from .limits import DATASETS
 from .mnist import idx_arrays, mnist_arrays
 
 __all__ = ["DataSplit", "load_dataset", "default_binarization", "DATASETS", "five_clusters", "batches", "mnist"]
@@ -156,7 +157,6 @@ def _offline(name: str, data_dir: str | None, binarize: str) -> DataSplit:
     return _represent(name, a["train"].float(), a["test"].float(), binarize)
 
 
-DATASETS = ("mnist5k", "digits", "five-clusters", "gaussian", "ppca", "mnist", "fashion-mnist", "cifar10")
 
 
 def default_binarization(name: str) -> str:

@@ -27,7 +27,7 @@ ESTIMATORS = ("auto", "trace", "meanfield", "diffusion")
 IWAE_BUDGET = 10**7
 #: settings that may change on ``--resume`` (they do not alter the trained parameters); logged
 ALLOWED_ON_RESUME = ("steps", "epochs", "eval_every", "eval_examples", "checkpoint_every", "progress", "resume",
-                     "overwrite", "out", "data_dir", "device", "log_every", "tensorboard")
+                     "overwrite", "out", "data_dir", "device", "log_every", "tensorboard", "compile", "threads")
 #: the largest --free-bits (nats per example and layer): far above any layer's KL (where it only turns
 #: the KL off), and small enough that λ · examples · layers stays finite
 MAX_FREE_BITS = 1e6
@@ -87,6 +87,8 @@ def validate_config(cfg) -> None:
     _int("--seed", cfg.seed, 0, MAX_SEED)
     if not (_is_number(cfg.ema) and 0 <= cfg.ema < 1):
         raise ValueError(f"--ema must be a number in [0, 1) (0: off), got {cfg.ema!r}")
+    if getattr(cfg, "compile", False) and cfg.amp:
+        raise ValueError("--compile and --amp exclude each other: the recorded step is float32 (use one of them)")
     if cfg.amp and not cfg.device.startswith("cuda"):
         raise ValueError("--amp (bf16 mixed precision) needs --device cuda")
     _int("--eval-every", cfg.eval_every, 0, note=" (0: each epoch)")
@@ -95,6 +97,8 @@ def validate_config(cfg) -> None:
     _int("--grad-shards", cfg.grad_shards, 1)
     _int("--kl-warmup", cfg.kl_warmup, 0, note=" (0: off)")
     _int("--log-every", getattr(cfg, "log_every", 0), 0, note=" (0: automatic)")
+    _int("--threads", getattr(cfg, "threads", None), 1, 1024, optional=True)
+
     _positive("--free-bits", cfg.free_bits, zero=True, hi=MAX_FREE_BITS)
     _positive("--grad-clip", cfg.grad_clip, optional=True)
     _positive("--skip-norm", cfg.skip_norm, optional=True)

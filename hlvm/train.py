@@ -26,9 +26,10 @@ from dataclasses import asdict, dataclass, field
 import pyro
 import torch
 import torch.distributed as dist
-from pyro.infer import SVI, TraceMeanField_ELBO
+from pyro.infer import TraceMeanField_ELBO
 
 from . import optim as hlvm_optim
+from .compile import RecordedLoss, SVIWithReplay
 from .checkpoints import CHECKPOINT, load_checkpoint, load_run_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .data import DataSplit, load_dataset
 from .eval import evaluate
@@ -92,6 +93,8 @@ class TrainConfig:
     progress: bool = True
     log_every: int = 0
     tensorboard: bool = False
+    compile: bool = False
+    threads: int | None = None
     model_kwargs: dict = field(default_factory=dict)
 
     def validate(self) -> None:
@@ -111,6 +114,8 @@ class Trainer:
     def __init__(self, cfg: TrainConfig, data: DataSplit | None = None, log=print):
         cfg.validate()
         self.cfg, self.log = cfg, log
+        if cfg.threads is not None:  # None: leave torch's setting (the CLI passes hlvm.limits.default_threads())
+            torch.set_num_threads(cfg.threads)
         self.world, self.rank = 1, 0
         if int(os.environ.get("WORLD_SIZE", "1")) > 1:
             if not dist.is_initialized():
@@ -146,7 +151,11 @@ class Trainer:
             self.estimator = FreeBitsELBO(cfg.free_bits)
         # one torch Adam over all parameters; optional global-norm clipping and VDVAE update skipping
         self.optim = hlvm_optim.Adam({"lr": cfg.lr}, clip_norm=cfg.grad_clip, skip_norm=cfg.skip_norm, track_norm=True)
-        self.svi = SVI(self.model.model, self.model.guide, self.optim, loss=self._loss, loss_and_grads=self._loss_and_grads)
+        self.svi = SVIWithReplay(self.model.model, self.model.guide, self.optim, loss=self._loss,
+                                 loss_and_grads=self._loss_and_grads)
+        #: --compile: the step recorded once per batch shape and replayed (hlvm.compile); Pyro's own
+        #: step during KL warm-up (β changes every step) and under --amp
+        self.recorded = RecordedLoss(self.model.model, self.model.guide, self.estimator, log=self.log) if cfg.compile else None
         self.gen = torch.Generator().manual_seed(cfg.seed)
         self.step, self.batch_idx, self.perm = 0, 0, None
         self.history: list[dict] = []
@@ -187,6 +196,12 @@ class Trainer:
             beta = warmup_beta(self.step, self.cfg.kl_warmup)
             scaled = ScaleLatents(beta) if differentiable and beta < 1.0 else nullcontext()
             with scaled, torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=self.cfg.amp):
+                if differentiable and self.recorded is not None and beta == 1.0 and not self.cfg.amp:
+                    loss, params, grads = self.recorded(xs)
+                    for p, g in zip(params, grads):  # accumulate over shards, as backward() would
+                        p.grad = g.clone() if p.grad is None else p.grad + g
+                    self.svi.replayed.extend(params)
+                    return loss.detach().double()
                 if differentiable:
                     loss = self.estimator.differentiable_loss(model, guide, xs)
                     loss.backward()

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from hlvm.data import DATASETS
-from hlvm.programs.chain import MAX_T
+from hlvm.limits import DATASETS, MAX_T, default_threads
 
 
 #: TrainConfig fields that no option of the same name fills
@@ -43,6 +42,10 @@ def add_common(p):
                    "(0: a bar on a terminal, about 20 lines a run otherwise)")
     p.add_argument("--tensorboard", action="store_true", help="also log losses, ELBO terms and sample grids for "
                    "TensorBoard into the run folder (metrics.jsonl is always written)")
+    p.add_argument("--compile", action="store_true", help="record the SVI step once per batch shape and replay it "
+                   "without Pyro's per-site cost (hlvm.compile; the same losses, checked against Pyro every 100 steps)")
+    p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: the cores other work "
+                   "leaves free, from the load average; recorded in the run)")
 
 
 def register(sub):
@@ -77,6 +80,8 @@ def config_from(args, model: str, out: str, saved: dict | None = None):
     values = {k: v if v is not None else base.get(k, defaults[k]) for k, v in given.items()}
     if values["binarize"] is None:
         values["binarize"] = default_binarization(values["data"])
+    if values.get("threads") is None:
+        values["threads"] = default_threads()
     return TrainConfig(model=model, out=out, progress=not args.no_progress, resume=getattr(args, "resume", False),
                        overwrite=getattr(args, "overwrite", False), model_kwargs=dict(base.get("model_kwargs") or {}),
                        **values)

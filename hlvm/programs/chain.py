@@ -33,17 +33,13 @@ from torch import nn
 from ..diffusion import sampling
 from ..diffusion.bound import BoundTerms
 from ..diffusion.gaussian import p_zs_given_zt, q_zs_given_zt_x, q_zt_given_x
+from ..limits import MAX_T
 from ..validate import check_float, check_int
 from .likelihoods import GaussianLikelihood, Likelihood
 
 __all__ = ["DiffusionChain", "collapsed", "StockChains", "bound_terms", "chains_of", "override_steps", "latent_likelihood",
            "MAX_T", "check_T"]
 
-#: the most discrete steps a chain takes.  The grid t = i/T, s = t − 1/T is computed in the
-#: model's dtype; in float32 the discrete-time weights ½ T expm1(γ_t − γ_s) averaged over the grid
-#: stay within 0.1% of their float64 values up to T = 10⁵ (tests/diffusion/test_time_grid.py) and
-#: drift beyond it (1% at 10⁶, 7% at 10⁷; at 10⁸ neighbouring times coincide).
-MAX_T = 100_000
 
 
 def check_T(T, name: str = "T") -> None:
