@@ -84,6 +84,20 @@ def goal_lines(res) -> list:
             out.append((f"{m['label']}: SVI step ≤ {m['goal']:.2f}× plain PyTorch", r["ratio"] <= m["goal"],
                         f"{r['ratio']:.3f}× (IQR {r['iqr'][0]:.2f}–{r['iqr'][1]:.2f}; CPU-time {r['ratio_cpu']:.3f}×; "
                         f"validation off {m['rows']['svi, validation off']['ratio']:.3f}×{was})"))
+    for key, label in (("step_overhead", ""), ("step_overhead_1thread", ", 1 thread")):
+        for name, m in (res.get(key) or {}).get("models", {}).items():
+            if "compiled" in m:
+                r = m["rows"]["compiled"]
+                note = f"; fell back to Pyro: {m['compiled_fallback']}" if m.get("compiled_fallback") else ""
+                out.append((f"{m['label']}: compiled step (`--compile`) ≤ {m['compiled_goal']:.2f}× plain PyTorch{label}",
+                            m["compiled_met"], f"{r['ratio']:.3f}× (IQR {r['iqr'][0]:.2f}–{r['iqr'][1]:.2f}; CPU-time "
+                            f"{r['ratio_cpu']:.3f}×; Python calls {r['calls']:.0f} vs plain "
+                            f"{m['rows']['plain']['calls']:.0f}, SVI {m['rows'][m['headline_row']]['calls']:.0f}){note}"))
+    st = res.get("startup")
+    if st:
+        out.append(("`hlvm --help` ≤ 0.5 s wall", st["met"]["help"], f"{st['help']:.2f} s"))
+        out.append(("time to the first training step ≤ 2 s after start (mnist5k)", st["met"]["first_step"],
+                    f"{st['first_step']:.2f} s"))
     so1 = res.get("step_overhead_1thread")
     if so1:
         for name, m in so1["models"].items():
@@ -157,6 +171,7 @@ def write_markdown(path, res, cmds, args, seconds, tests):
         ("train_throughput", "Training throughput through hlvm's Trainer", "train_throughput", ""),
         ("likelihood_8bit", "8-bit against binary data: one SVI step", "likelihood_8bit", ""),
         ("iwae", "IWAE: seconds per 1,000 images", "iwae", ""),
+        ("startup", "Start-up: the command line and the first step", "startup", ""),
     ]
     import importlib
 
@@ -218,6 +233,7 @@ def main(argv=None):
         ("train_throughput", "train_throughput", []),
         ("likelihood_8bit", "likelihood_8bit", ["--thread-list", "1,2"]),
         ("iwae", "iwae", []),
+        ("startup", "startup", []),
     ]
     if args.quick or args.threads == 1:
         plan = [x for x in plan if x[0] != "step_overhead_1thread"]

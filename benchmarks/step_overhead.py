@@ -50,6 +50,12 @@ LABELS = {"vae": "VAE 784-400-20 (TraceMeanField_ELBO)", "hvae-td": "TopDownHVAE
 HEADLINE = "svi"  # falls back to "svi, pyro.optim.Adam" for a library without hlvm.optim
 
 
+def _has(module: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(module) is not None
+
+
 def _has_hlvm_optim() -> bool:
     try:
         import hlvm.optim  # noqa: F401  (absent before the overhead work)
@@ -63,7 +69,8 @@ def contenders(name, model, x, lr=1e-3):
     if _has_hlvm_optim():
         c["svi"] = svi_step(model, default_elbo(name), x, lr, validation=True)
         c["svi, validation off"] = svi_step(model, default_elbo(name), x, lr, validation=False)
-        c["compiled"] = compiled_step(model, default_elbo(name), x, lr, validation=True)
+        if _has("hlvm.compile"):  # absent before issue 15
+            c["compiled"] = compiled_step(model, default_elbo(name), x, lr, validation=True)
     c["svi, pyro.optim.Adam"] = svi_step(model, default_elbo(name), x, lr, validation=True, optim="pyro")
     c["ELBOModule + torch.optim"] = module_step(model, default_elbo(name), x, lr, validation=True)
     if name == "vae":
