@@ -191,6 +191,10 @@ class RecordedLoss:
             return None, "a parameter was recorded as a constant"
         if _mutates_state(graph):
             return None, "the step mutates state (buffers or sampler history)"
+        # Pyro's reporting arithmetic (the non-surrogate ELBO) feeds nothing returned: drop it.
+        # Random draws all feed the loss, so the random stream is unchanged (the first replay checks it).
+        graph.graph.eliminate_dead_code()
+        graph.recompile()
         return graph, None
 
     def _reparameterized(self, *args, **kwargs) -> bool:
@@ -224,8 +228,8 @@ class RecordedLoss:
         self._pending_check = False
         if check:
             state = _rng_states()
-        with torch.no_grad():
-            loss, grads = graph([p.detach() for p in params], list(args))
+        with torch.no_grad():  # the record computes the gradients itself
+            loss, grads = graph(params, list(args))
         if check:
             _set_rng_states(state)
             ref_loss, ref_params, ref_grads = self.pyro_loss_and_grads(*args, **kwargs)
@@ -268,8 +272,8 @@ class CompiledSVI:
 
     def step(self, *args, **kwargs) -> float:
         loss, params, grads = self.recorded(*args, **kwargs)
-        for p, g in zip(params, grads):
-            p.grad = g.detach().clone() if p.grad is None else p.grad + g
+        for p, g in zip(params, grads):  # each replay returns fresh gradient tensors
+            p.grad = g if p.grad is None else p.grad + g
         self.optim(params)
         zero_grads(params)
         return float(loss)

@@ -199,7 +199,7 @@ class Trainer:
                 if differentiable and self.recorded is not None and beta == 1.0 and not self.cfg.amp:
                     loss, params, grads = self.recorded(xs)
                     for p, g in zip(params, grads):  # accumulate over shards, as backward() would
-                        p.grad = g.clone() if p.grad is None else p.grad + g
+                        p.grad = g if p.grad is None else p.grad + g
                     self.svi.replayed.extend(params)
                     return loss.detach().double()
                 if differentiable:
