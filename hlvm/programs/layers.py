@@ -15,6 +15,8 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import nn
 
+from .likelihoods import at_least_float32
+
 __all__ = ["mlp", "GaussianLayer", "precision_merge", "deterministic"]
 
 
@@ -39,7 +41,8 @@ class GaussianLayer(nn.Module):
         self.min_scale = min_scale
 
     def forward(self, h):
-        loc, raw = self.net(h.flatten(1)).chunk(2, dim=-1)  # (B, 2·d_out) -> 2 × (B, d_out)
+        out = at_least_float32(self.net(h.flatten(1)))  # the Gaussian's parameters in float32 under autocast
+        loc, raw = out.chunk(2, dim=-1)  # (B, 2·d_out) -> 2 × (B, d_out)
         return loc, F.softplus(raw) + self.min_scale
 
 

@@ -28,8 +28,17 @@ from ..diffusion.gaussian import pad_gamma
 from ..validate import describe_values
 from .discretized import DiscretizedGaussian, GridGaussian, grid_values
 
-__all__ = ["Likelihood", "BernoulliLikelihood", "Discretized8bitLikelihood", "GaussianLikelihood",
+__all__ = ["at_least_float32", "Likelihood", "BernoulliLikelihood", "Discretized8bitLikelihood", "GaussianLikelihood",
            "DiscretizedGaussian", "GridGaussian", "make_likelihood"]
+
+
+def at_least_float32(t: torch.Tensor) -> torch.Tensor:
+    """``t`` in float32 if it is in a lower precision (bf16/fp16 from a network under autocast).
+
+    Every distribution whose log-density enters the bound is built from float32 parameters, so
+    each site's log-probability and their sums over pixels and examples accumulate in float32
+    however the networks ran (mixed precision: half-precision matmuls, float32 bound)."""
+    return t.float() if t.is_floating_point() and t.dtype in (torch.bfloat16, torch.float16) else t
 
 
 class Likelihood:
@@ -82,6 +91,7 @@ class BernoulliLikelihood(Likelihood):
         return 2 * x - 1
 
     def from_decoder(self, logits):
+        logits = at_least_float32(logits)
         return dist.Bernoulli(logits=logits.reshape(logits.shape[:1] + self.event_shape)).to_event(self.event_dims)
 
     def from_z0(self, z_0, gamma_0):
@@ -140,6 +150,7 @@ class Discretized8bitLikelihood(Likelihood):
         return 2 * (x + 0.5) / self.levels - 1
 
     def from_decoder(self, out):
+        out = at_least_float32(out)
         b = out.shape[0]
         loc, log_scale = out.reshape(b, 2, *self.event_shape).unbind(1)  # (B, 2·C, ...) -> 2 × (B, C, ...)
         scale = F.softplus(log_scale) + 1e-3
@@ -186,6 +197,7 @@ class GaussianLikelihood(Likelihood):
             raise ValueError(f"continuous likelihood needs finite data: {describe_values(x)}")
 
     def from_decoder(self, out):
+        out = at_least_float32(out)
         loc = out.reshape(out.shape[:1] + self.event_shape)
         return dist.Normal(loc, torch.full_like(loc, self.scale)).to_event(self.event_dims)
 
