@@ -209,12 +209,14 @@ def svi_step(model, elbo, x, lr=1e-3, validation=True, optim="hlvm"):
     return step
 
 
-def compiled_step(model, elbo, x, lr=1e-3, validation=True, check_every=100):
-    """``hlvm.compile_step``: the recorded SVI step (with its periodic check against Pyro)."""
+def compiled_step(model, elbo, x, lr=1e-3, validation=True, check_every=100, cuda_graph=False):
+    """``hlvm.compile_step``: the recorded SVI step (with its periodic check against Pyro); with
+    ``cuda_graph`` also captured in a CUDA graph."""
     import hlvm.optim
     from hlvm.compile import compile_step
 
-    svi = compile_step(model.model, model.guide, elbo, hlvm.optim.Adam({"lr": lr}), check_every=check_every)
+    svi = compile_step(model.model, model.guide, elbo, hlvm.optim.Adam({"lr": lr}), check_every=check_every,
+                       cuda_graph=cuda_graph)
 
     def step():
         with ValidationSwitch(validation):

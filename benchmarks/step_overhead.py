@@ -71,6 +71,8 @@ def contenders(name, model, x, lr=1e-3):
         c["svi, validation off"] = svi_step(model, default_elbo(name), x, lr, validation=False)
         if _has("hlvm.compile"):  # absent before issue 15
             c["compiled"] = compiled_step(model, default_elbo(name), x, lr, validation=True)
+            if x.is_cuda:
+                c["compiled, CUDA graph"] = compiled_step(model, default_elbo(name), x, lr, validation=True, cuda_graph=True)
     c["svi, pyro.optim.Adam"] = svi_step(model, default_elbo(name), x, lr, validation=True, optim="pyro")
     c["ELBOModule + torch.optim"] = module_step(model, default_elbo(name), x, lr, validation=True)
     if name == "vae":

@@ -124,11 +124,20 @@ class RecordedLoss:
     :param int check_every: compare against Pyro's own computation every this many calls.
     :param log: where the one-line notices go (default: ``warnings.warn``).
     :param float rtol: relative tolerance of the comparison.
+    :param bool cuda_graph: also capture each record in a CUDA graph (:class:`_CudaGraphStep`), so a
+        step is one graph launch; the inputs must be CUDA tensors of a fixed shape.
+
+    .. warning:: ``cuda_graph`` has not run on a GPU in this project yet (no device was lent); the
+        first-replay check against Pyro decides whether it is used.
     """
 
-    def __init__(self, model: Callable, guide: Callable, elbo, check_every: int = 100, log=None, rtol: float = 1e-5):
+    def __init__(self, model: Callable, guide: Callable, elbo, check_every: int = 100, log=None, rtol: float = 1e-5,
+                 cuda_graph: bool = False):
         if not isinstance(check_every, int) or check_every < 1:
             raise ValueError(f"check_every must be an integer >= 1, got {check_every!r}")
+        if cuda_graph and not torch.cuda.is_available():
+            raise ValueError("cuda_graph=True needs a CUDA device, and CUDA is not available on this machine")
+        self.cuda_graph = cuda_graph
         self.model, self.guide, self.elbo = model, guide, elbo
         self.check_every, self.rtol = check_every, rtol
         self.log = log or (lambda msg: warnings.warn(msg, RuntimeWarning, stacklevel=3))
@@ -220,6 +229,8 @@ class RecordedLoss:
             if graph is None:
                 self._give_up(why)
                 return loss, params, grads
+            if self.cuda_graph:
+                graph = _CudaGraphStep(graph, params, args)
             self.records[key] = (graph, params)
             self._pending_check = True
             return loss, params, grads
@@ -249,6 +260,36 @@ class RecordedLoss:
         return bool(ok)
 
 
+class _CudaGraphStep:
+    """A record captured in a CUDA graph: static input buffers, one ``replay()`` per step.
+
+    The parameters are read in place (the optimizer updates them in place); the batch is copied
+    into the captured input buffers; random draws use the graph-safe Philox generator that
+    :func:`torch.cuda.graph` registers.  Outputs are copied out, since the next replay overwrites
+    them (and gradient shards accumulate)."""
+
+    def __init__(self, graph, params, args, warmup: int = 3):
+        if not all(isinstance(a, torch.Tensor) and a.is_cuda for a in args) or not all(p.is_cuda for p in params):
+            raise ValueError("cuda_graph=True needs the parameters and the batch on a CUDA device")
+        self.inputs = [a.clone() for a in args]
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side), torch.no_grad():
+            for _ in range(warmup):  # allocations and lazy initialisation happen outside the capture
+                graph(params, self.inputs)
+        torch.cuda.current_stream().wait_stream(side)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.no_grad(), torch.cuda.graph(self.graph):
+            self.outputs = graph(params, self.inputs)
+
+    def __call__(self, params, args):
+        for buffer, a in zip(self.inputs, args):
+            buffer.copy_(a)
+        self.graph.replay()
+        loss, grads = self.outputs
+        return loss.clone(), [g.clone() for g in grads]
+
+
 def _rng_states():
     cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() and torch.cuda.is_initialized() else None
     return torch.random.get_rng_state(), cuda
@@ -266,9 +307,9 @@ class CompiledSVI:
     the parameters with ``optim`` exactly as ``SVI.step`` does, the loss and gradients coming from
     a :class:`RecordedLoss`.  ``evaluate_loss`` is Pyro's."""
 
-    def __init__(self, model, guide, optim, loss, check_every: int = 100, log=None):
+    def __init__(self, model, guide, optim, loss, check_every: int = 100, log=None, cuda_graph: bool = False):
         self.model, self.guide, self.optim, self.loss = model, guide, optim, loss
-        self.recorded = RecordedLoss(model, guide, loss, check_every=check_every, log=log)
+        self.recorded = RecordedLoss(model, guide, loss, check_every=check_every, log=log, cuda_graph=cuda_graph)
 
     def step(self, *args, **kwargs) -> float:
         loss, params, grads = self.recorded(*args, **kwargs)
@@ -283,9 +324,10 @@ class CompiledSVI:
         return float(self.loss.loss(self.model, self.guide, *args, **kwargs))
 
 
-def compile_step(model, guide, elbo, optim, check_every: int = 100, log=None) -> CompiledSVI:
-    """An SVI whose step is recorded once per input signature and replayed (see module docs)."""
-    return CompiledSVI(model, guide, optim, elbo, check_every=check_every, log=log)
+def compile_step(model, guide, elbo, optim, check_every: int = 100, log=None, cuda_graph: bool = False) -> CompiledSVI:
+    """An SVI whose step is recorded once per input signature and replayed (see module docs);
+    ``cuda_graph=True`` also captures it in a CUDA graph."""
+    return CompiledSVI(model, guide, optim, elbo, check_every=check_every, log=log, cuda_graph=cuda_graph)
 
 
 class SVIWithReplay(pyro.infer.SVI):

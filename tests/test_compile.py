@@ -187,3 +187,27 @@ def test_check_every_is_validated():
     model = VAE(SHAPE, latent_dim=3, hidden=16)
     with pytest.raises(ValueError, match="check_every"):
         RecordedLoss(model.model, model.guide, Trace_ELBO(), check_every=0)
+
+
+def test_cuda_graph_needs_cuda():
+    model = VAE(SHAPE, latent_dim=3, hidden=16)
+    if torch.cuda.is_available():
+        # a CPU batch cannot be captured: refused when the record is made
+        rec = RecordedLoss(model.model, model.guide, Trace_ELBO(), cuda_graph=True, log=_notices()[1])
+        with pytest.raises(ValueError, match="CUDA device"):
+            rec(_binary(4).cpu().float())
+    else:
+        with pytest.raises(ValueError, match="cuda_graph=True needs a CUDA device"):
+            RecordedLoss(model.model, model.guide, Trace_ELBO(), cuda_graph=True)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="runs where the suite runs on CUDA (HLVM_DEVICE=cuda)")
+def test_cuda_graph_step_equals_pyros_on_the_gpu():
+    model = VAE(SHAPE, latent_dim=3, hidden=16).cuda().float()
+    x = _binary(8).cuda().float()
+    seen, log = _notices()
+    rec = RecordedLoss(model.model, model.guide, TraceMeanField_ELBO(), check_every=10**6, log=log, cuda_graph=True)
+    for _ in range(3):
+        loss, params, grads = rec(x)
+    assert rec.fallback is None and not seen
+    assert torch.isfinite(loss) and all(torch.isfinite(g).all() for g in grads)
