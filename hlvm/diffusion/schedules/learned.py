@@ -77,7 +77,25 @@ class _PositiveLinear(nn.Module):
         return F.linear(h, F.softplus(self.raw_weight), self.bias)
 
 
-class MonotoneNetSchedule(NoiseSchedule):
+class _InteriorSchedule(NoiseSchedule):
+    """γ = γ_min + (γ_max − γ_min) · frac(t) with a learned interior frac and fixed or learned endpoints."""
+
+    def _init_endpoints(self, gamma_min: float, gamma_max: float, learn_endpoints: bool) -> None:
+        self.learn_endpoints = learn_endpoints
+        if learn_endpoints:
+            self.endpoints = LearnedLinearSchedule(gamma_min, gamma_max)
+        else:
+            self.register_buffer("g0", torch.tensor(float(gamma_min)))
+            self.register_buffer("g1", torch.tensor(float(gamma_max)))
+
+    def _endpoints(self):
+        """(γ_min, γ_max − γ_min)."""
+        if self.learn_endpoints:
+            return self.endpoints.g0, self.endpoints.gap
+        return self.g0, self.g1 - self.g0
+
+
+class MonotoneNetSchedule(_InteriorSchedule):
     """VDM's learned monotone γ: a positive-weight network, rescaled to fixed or learned endpoints.
 
     γ̃(t) = l₁(t) + l₃(φ(l₂(l₁(t)))) with φ = sigmoid and every weight positive, so γ̃ is monotone
@@ -103,12 +121,7 @@ class MonotoneNetSchedule(NoiseSchedule):
         self.l1 = _PositiveLinear(1, 1, init_scale=1.0)
         self.l2 = _PositiveLinear(1, hidden)
         self.l3 = _PositiveLinear(hidden, 1, init_scale=-12.0)
-        self.learn_endpoints = learn_endpoints
-        if learn_endpoints:
-            self.endpoints = LearnedLinearSchedule(gamma_min, gamma_max)
-        else:
-            self.register_buffer("g0", torch.tensor(float(gamma_min)))
-            self.register_buffer("g1", torch.tensor(float(gamma_max)))
+        self._init_endpoints(gamma_min, gamma_max, learn_endpoints)
 
     def _raw(self, t):
         h = self.l1(t.unsqueeze(-1))  # (..., 1)
@@ -122,11 +135,6 @@ class MonotoneNetSchedule(NoiseSchedule):
             t = (self.base.gamma(t) - g_lo) / (g_hi - g_lo)
         r0, r1 = self._raw(torch.tensor([0.0, 1.0], dtype=t.dtype, device=t.device)).unbind(0)
         return (self._raw(t) - r0) / (r1 - r0)
-
-    def _endpoints(self):
-        if self.learn_endpoints:
-            return self.endpoints.g0, self.endpoints.gap
-        return self.g0, self.g1 - self.g0
 
     def gamma(self, t):
         g0, gap = self._endpoints()
@@ -173,7 +181,7 @@ def _inverse_times(schedule: NoiseSchedule, gammas: torch.Tensor, iters: int = 6
     return 0.5 * (lo + hi)
 
 
-class DensitySchedule(NoiseSchedule):
+class DensitySchedule(_InteriorSchedule):
     """A learned γ(t): the quantile function of a learned density of noise levels.
 
     Under t ∼ U(0, 1) the level γ(t) has density q(γ) = 1/γ'(t); this schedule parameterizes q
@@ -209,12 +217,7 @@ class DensitySchedule(NoiseSchedule):
             times = _inverse_times(base, knots).to(torch.get_default_dtype())
             density = 1.0 / base.dgamma_dt(times).double()  # dt/dγ at the knots
         self.logits = nn.Parameter(density.log().to(torch.get_default_dtype()))
-        self.learn_endpoints = learn_endpoints
-        if learn_endpoints:
-            self.endpoints = LearnedLinearSchedule(gamma_min, gamma_max)
-        else:
-            self.register_buffer("g0", torch.tensor(float(gamma_min)))
-            self.register_buffer("g1", torch.tensor(float(gamma_max)))
+        self._init_endpoints(gamma_min, gamma_max, learn_endpoints)
 
     @property
     def bins(self) -> int:
@@ -229,11 +232,6 @@ class DensitySchedule(NoiseSchedule):
         q = q / mass.sum()
         cdf = torch.cumsum(mass / mass.sum(), 0)[:-1]
         return q, torch.cat([cdf.new_zeros(1), cdf, cdf.new_ones(1)])
-
-    def _endpoints(self):
-        if self.learn_endpoints:
-            return self.endpoints.g0, self.endpoints.gap
-        return self.g0, self.g1 - self.g0
 
     def _frac(self, t):
         """(frac(t), frac'(t)): the inverse CDF of q and 1/q there."""
