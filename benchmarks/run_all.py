@@ -31,7 +31,8 @@ sys.path.insert(0, HERE)
 import _common as C  # noqa: E402
 
 
-BEFORE = "da9d9b1"  # the last commit before the step-overhead work (hlvm.optim, hoisted registration)
+BEFORE = "da9d9b1"
+SCHEDULE_JSON = "docs/schedule_variance.json"  # the schedule-variance benchmark's own run (long; not re-run here)  # the last commit before the step-overhead work (hlvm.optim, hoisted registration)
 
 
 def export_library(rev: str, dest: str) -> str:
@@ -118,6 +119,13 @@ def goal_lines(res) -> list:
                 grid = v["rows"].get("vae 8bit, grid softmax", {}).get("ratio")
                 out.append((f"8-bit VAE step ≤ {l8['goal']:.0f}× the binary VAE step ({n} thread(s))", r["ratio"] <= l8["goal"],
                             f"{r['ratio']:.2f}× (CPU-time {r['ratio_cpu']:.2f}×)" + (f"; grid softmax {grid:.1f}×" if grid else "")))
+    sv = res.get("schedule_variance")
+    if sv:
+        import schedule_variance
+
+        ok, figures = schedule_variance.goal(sv)
+        out.append(("VDM's variance-minimised schedule: per-batch loss variance below linear and cosine, no worse ELBO "
+                    f"(from `{SCHEDULE_JSON}`)", ok, figures))
     be = res.get("baseline_elbo")
     if be:
         d = be["hlvm_minus_baseline"]
@@ -172,6 +180,9 @@ def write_markdown(path, res, cmds, args, seconds, tests):
         ("likelihood_8bit", "8-bit against binary data: one SVI step", "likelihood_8bit", ""),
         ("iwae", "IWAE: seconds per 1,000 images", "iwae", ""),
         ("startup", "Start-up: the command line and the first step", "startup", ""),
+        ("schedule_variance", "VDM's variance-minimising schedule (issue 13)", "schedule_variance",
+         f"Not re-run by `make bench` (about 15 minutes of training): the tables come from `{SCHEDULE_JSON}`, written by "
+         "the command below at the commit it names."),
     ]
     import importlib
 
@@ -183,6 +194,8 @@ def write_markdown(path, res, cmds, args, seconds, tests):
         if note:
             L += [note, ""]
         L += [mod.markdown(res[key], cmds[key]), ""]
+        if hasattr(mod, "analysis"):
+            L += [mod.analysis(res[key]), ""]
     L += ["## GPU", ""]
     if args.device.startswith("cuda"):
         dev = (res.get("train_throughput") or {}).get("info", {}).get("gpu", args.device)
@@ -258,6 +271,10 @@ def main(argv=None):
             res[key] = r
             print(f"--- {key}: {sec:.0f} s", flush=True)
     tmp.cleanup()
+    if os.path.exists(os.path.join(ROOT, SCHEDULE_JSON)) and (not args.only or "schedule_variance" in args.only):
+        with open(os.path.join(ROOT, SCHEDULE_JSON)) as f:
+            res["schedule_variance"] = json.load(f)
+        cmds["schedule_variance"] = f"python benchmarks/schedule_variance.py --json {SCHEDULE_JSON}"
     tests = cuda_tests(args) if (args.cuda_tests and args.device.startswith("cuda")) else None
     write_markdown(out, res, cmds, args, time.perf_counter() - t0, tests)
     if failed:
