@@ -8,13 +8,13 @@ spelling, e.g. ``--batch-size``) and the allowed range; the CLI turns it into ex
 from __future__ import annotations
 
 import glob
-import math
 import os
 
 import torch
 
 from .eval.possible import observed_site
 from .programs.chain import check_T
+from .validate import check_device, check_float, check_int
 
 __all__ = ["validate_config", "check_compare_options", "prepare_run_folder", "writable_folder", "clean_stale_tmp", "config_changes",
            "check_data_fits", "ALLOWED_ON_RESUME", "MAX_SEED", "MAX_FREE_BITS", "ESTIMATORS", "IWAE_BUDGET"]
@@ -42,66 +42,35 @@ def _is_number(v) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
-def _int(option: str, value, lo: int, hi: int | None = None, optional: bool = False, note: str = "") -> None:
-    """``value`` is an integer in [lo, hi] (or None when ``optional``)."""
-    if value is None and optional:
-        return
-    if not (_is_int(value) and lo <= value and (hi is None or value <= hi)):
-        allowed = f"an integer >= {lo}" if hi is None else f"an integer in [{lo}, {hi}]"
-        raise ValueError(f"{option} must be {allowed}{note}, got {value!r}")
-
-
-def _positive(option: str, value, optional: bool = False, zero: bool = False, hi: float | None = None) -> None:
-    """``value`` is a finite number > 0 (>= 0 with ``zero``; <= ``hi`` if given; None when ``optional``)."""
-    if value is None and optional:
-        return
-    ok = _is_number(value) and math.isfinite(value) and (value >= 0 if zero else value > 0) and (hi is None or value <= hi)
-    if not ok:
-        allowed = f"{'>= 0' if zero else '> 0'}" if hi is None else f"in [0, {hi:g}]" if zero else f"in (0, {hi:g}]"
-        raise ValueError(f"{option} must be a finite number {allowed}, got {value!r}")
-
-
-def _device(device) -> None:
-    if not isinstance(device, str) or not (device in ("cpu", "cuda") or device.startswith("cuda:")):
-        raise ValueError(f"--device must be cpu, cuda or cuda:N, got {device!r}")
-    if device.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise ValueError(f"--device {device}: no CUDA device is available (torch.cuda.is_available() is False); "
-                             "use --device cpu")
-        index = device.partition(":")[2]
-        if index and not (index.isdigit() and int(index) < torch.cuda.device_count()):
-            raise ValueError(f"--device {device}: CUDA devices are cuda:0..cuda:{torch.cuda.device_count() - 1}")
-
-
 def validate_config(cfg) -> None:
     """All range checks of a :class:`~hlvm.train.TrainConfig`, in one place (no data is read)."""
-    _int("--steps", cfg.steps, 1, optional=True)
-    _int("--epochs", cfg.epochs, 1, optional=True)
-    _int("--batch-size", cfg.batch_size, 1)
-    _positive("--lr", cfg.lr)
+    check_int("--steps", cfg.steps, 1, optional=True)
+    check_int("--epochs", cfg.epochs, 1, optional=True)
+    check_int("--batch-size", cfg.batch_size, 1)
+    check_float("--lr", cfg.lr, 0, strict=True)
     check_T(cfg.T, "--T")
-    _int("--layers", cfg.layers, 1, optional=True)
+    check_int("--layers", cfg.layers, 1, optional=True)
     if cfg.estimator not in ESTIMATORS:
         raise ValueError(f"--estimator must be one of {', '.join(ESTIMATORS)}, got {cfg.estimator!r}")
-    _device(cfg.device)
-    _int("--seed", cfg.seed, 0, MAX_SEED)
+    check_device("--device", cfg.device)
+    check_int("--seed", cfg.seed, 0, MAX_SEED)
     if not (_is_number(cfg.ema) and 0 <= cfg.ema < 1):
         raise ValueError(f"--ema must be a number in [0, 1) (0: off), got {cfg.ema!r}")
     if getattr(cfg, "compile", False) and cfg.amp:
         raise ValueError("--compile and --amp exclude each other: the recorded step is float32 (use one of them)")
     if cfg.amp and not cfg.device.startswith("cuda"):
         raise ValueError("--amp (bf16 mixed precision) needs --device cuda")
-    _int("--eval-every", cfg.eval_every, 0, note=" (0: each epoch)")
-    _int("--eval-examples", cfg.eval_examples, 1)
-    _int("--checkpoint-every", cfg.checkpoint_every, 0, note=" (0: each epoch)")
-    _int("--grad-shards", cfg.grad_shards, 1)
-    _int("--kl-warmup", cfg.kl_warmup, 0, note=" (0: off)")
-    _int("--log-every", getattr(cfg, "log_every", 0), 0, note=" (0: automatic)")
-    _int("--threads", getattr(cfg, "threads", None), 1, 1024, optional=True)
+    check_int("--eval-every", cfg.eval_every, 0, note=" (0: each epoch)")
+    check_int("--eval-examples", cfg.eval_examples, 1)
+    check_int("--checkpoint-every", cfg.checkpoint_every, 0, note=" (0: each epoch)")
+    check_int("--grad-shards", cfg.grad_shards, 1)
+    check_int("--kl-warmup", cfg.kl_warmup, 0, note=" (0: off)")
+    check_int("--log-every", getattr(cfg, "log_every", 0), 0, note=" (0: automatic)")
+    check_int("--threads", getattr(cfg, "threads", None), 1, 1024, optional=True)
 
-    _positive("--free-bits", cfg.free_bits, zero=True, hi=MAX_FREE_BITS)
-    _positive("--grad-clip", cfg.grad_clip, optional=True)
-    _positive("--skip-norm", cfg.skip_norm, optional=True)
+    check_float("--free-bits", cfg.free_bits, 0, MAX_FREE_BITS)
+    check_float("--grad-clip", cfg.grad_clip, 0, strict=True, optional=True)
+    check_float("--skip-norm", cfg.skip_norm, 0, strict=True, optional=True)
     if cfg.resume and getattr(cfg, "overwrite", False):
         raise ValueError("--resume and --overwrite exclude each other: continue the run or replace it")
     if not isinstance(cfg.model_kwargs, dict):
@@ -116,10 +85,10 @@ def check_compare_options(K: int, iwae_examples: int, eval_examples: int, pfode_
     if not (_is_int(K) and (K == 0 or K >= min_khat)):
         raise ValueError(f"--K must be 0 (no IWAE bound) or an integer >= {min_khat} (Pareto k̂ fits its tail to "
                          f"⌊K/5⌋ >= 6 weights), got {K!r}")
-    _int("--iwae-examples", iwae_examples, 0, note=" (0: no IWAE bound)")
-    _int("--eval-examples", eval_examples, 1)
-    _int("--pfode-examples", pfode_examples, 0, note=" (0: no PF-ODE bound)")
-    _int("--pfode-samples", pfode_samples, 1)
+    check_int("--iwae-examples", iwae_examples, 0, note=" (0: no IWAE bound)")
+    check_int("--eval-examples", eval_examples, 1)
+    check_int("--pfode-examples", pfode_examples, 0, note=" (0: no PF-ODE bound)")
+    check_int("--pfode-samples", pfode_samples, 1)
     size = K * iwae_examples * (T or 0)
     if size > IWAE_BUDGET:
         raise ValueError(f"--K {K} × --iwae-examples {iwae_examples} × --T {T} = {size:.1e} chain steps for the IWAE "

@@ -21,8 +21,12 @@ __all__ = ["check_int", "check_float", "check_choice", "check_shape", "check_dev
            "describe_values", "user_error"]
 
 
-def check_int(name: str, value, minimum: int | None = 1, maximum: int | None = None) -> int:
-    """``value`` as an int, or ValueError naming ``name`` and the range [minimum, maximum]."""
+def check_int(name: str, value, minimum: int | None = 1, maximum: int | None = None, note: str = "",
+              optional: bool = False) -> int | None:
+    """``value`` as an int, or ValueError naming ``name`` and the range [minimum, maximum]
+    (``note`` follows the range in the message, e.g. " (0: off)"); None passes when ``optional``."""
+    if value is None and optional:
+        return None
     ok = isinstance(value, numbers.Integral) and not isinstance(value, bool)
     if ok and (minimum is None or value >= minimum) and (maximum is None or value <= maximum):
         return int(value)
@@ -30,13 +34,15 @@ def check_int(name: str, value, minimum: int | None = 1, maximum: int | None = N
         wanted = "an integer" if minimum is None else f"an integer >= {minimum}"
     else:
         wanted = f"an integer in [{minimum}, {maximum}]"
-    raise ValueError(f"{name} must be {wanted}, got {value!r}")
+    raise ValueError(f"{name} must be {wanted}{note}, got {value!r}")
 
 
 def check_float(name: str, value, minimum: float | None = None, maximum: float | None = None,
-                strict: bool = False) -> float:
+                strict: bool = False, optional: bool = False) -> float | None:
     """``value`` (a number or a one-element tensor) as a finite float in [minimum, maximum] (open
-    interval when ``strict``)."""
+    interval when ``strict``); None passes when ``optional``."""
+    if value is None and optional:
+        return None
     if isinstance(value, torch.Tensor) and value.numel() == 1 and not value.is_complex():
         value = value.item()
     ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
@@ -45,9 +51,14 @@ def check_float(name: str, value, minimum: float | None = None, maximum: float |
         hi = maximum is None or (value < maximum if strict else value <= maximum)
         if lo and hi:
             return float(value)
-    bounds = [f"{'>' if strict else '>='} {minimum}" if minimum is not None else "",
-              f"{'<' if strict else '<='} {maximum}" if maximum is not None else ""]
-    rng = " and ".join(b for b in bounds if b)
+    if minimum is not None and maximum is not None:
+        rng = f"in {'(' if strict else '['}{minimum:g}, {maximum:g}{')' if strict else ']'}"
+    elif minimum is not None:
+        rng = f"{'>' if strict else '>='} {minimum}"
+    elif maximum is not None:
+        rng = f"{'<' if strict else '<='} {maximum}"
+    else:
+        rng = ""
     raise ValueError(f"{name} must be a finite number{' ' + rng if rng else ''}, got {value!r}")
 
 
@@ -78,8 +89,8 @@ def check_device(option: str, device) -> torch.device:
         raise ValueError(f"{option} must be cpu, cuda or cuda:N, got {device!r}") from None
     if dev.type == "cuda":
         if not torch.cuda.is_available():
-            raise ValueError(f"{option} {device}: CUDA is not available on this machine (torch "
-                             f"{torch.__version__}, CUDA build {torch.version.cuda or 'none'}); use {option} cpu")
+            raise ValueError(f"{option} {device}: no CUDA device is available (CUDA is not available on this machine: "
+                             f"torch {torch.__version__}, CUDA build {torch.version.cuda or 'none'}); use {option} cpu")
         if dev.index is not None and dev.index >= torch.cuda.device_count():
             raise ValueError(f"{option} {device}: this machine has {torch.cuda.device_count()} CUDA device(s)")
     elif dev.type != "cpu":
