@@ -32,11 +32,11 @@ def register(sub):
 
 def load_trained(model: str, checkpoint: str, device: str = "cpu"):
     """Rebuild a model from a checkpoint's config and weights (EMA weights when present)."""
-    from hlvm.train import load_checkpoint
+    from hlvm.checkpoints import load_run_checkpoint
     from hlvm.registry import build_model, load_class
 
     load_class(model)  # a bad name or a broken model file is reported before the checkpoint is read
-    ck = load_checkpoint(checkpoint, map_location=device)
+    ck = load_run_checkpoint(checkpoint, map_location=device)  # a foreign torch file: a clear error
     cfg = ck["config"]
     if cfg["model"] != model:
         raise ValueError(f"checkpoint holds model {cfg['model']!r}, not {model!r}")

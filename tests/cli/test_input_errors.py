@@ -124,3 +124,12 @@ def test_broken_model_file_named_with_its_line(tmp_path, command, case):
     assert_one_line_error(r, command, f"mymodel.py:{line}", what)
     if command != "compare":  # compare makes its --out folder first (hlvm/compare.py: another part of issue 14)
         assert sorted(p.name for p in tmp_path.iterdir()) == ["mymodel.py"]
+
+
+def test_sample_names_a_torch_file_that_is_not_a_checkpoint(tmp_path):
+    import torch
+
+    path = tmp_path / "weights.pt"
+    torch.save({"model": {}}, path)
+    r = hlvm("sample", "vae", "--checkpoint", str(path), "--out", str(tmp_path / "s.png"))
+    assert_one_line_error(r, "sample", "is not an hlvm training checkpoint")
