@@ -42,6 +42,8 @@ from pyro import poutine
 from pyro.infer.util import zero_grads
 from pyro.poutine.util import prune_subsample_sites
 
+from .checkpoints import rng_state, set_rng_state
+
 __all__ = ["RecordedLoss", "CompiledSVI", "compile_step", "SVIWithReplay"]
 
 _READOUTS = ("torch_item", "warn_if_nan")  # Pyro's scalar read-outs for reporting: not part of the gradient
@@ -238,11 +240,11 @@ class RecordedLoss:
         check = self._pending_check or self.calls % self.check_every == 0
         self._pending_check = False
         if check:
-            state = _rng_states()
+            state = rng_state()
         with torch.no_grad():  # the record computes the gradients itself
             loss, grads = graph(params, list(args))
         if check:
-            _set_rng_states(state)
+            set_rng_state(state)
             ref_loss, ref_params, ref_grads = self.pyro_loss_and_grads(*args, **kwargs)
             if not self._agree(loss, grads, ref_loss, ref_grads, params, ref_params):
                 self._give_up("the recorded step no longer matches Pyro's")
@@ -288,18 +290,6 @@ class _CudaGraphStep:
         self.graph.replay()
         loss, grads = self.outputs
         return loss.clone(), [g.clone() for g in grads]
-
-
-def _rng_states():
-    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() and torch.cuda.is_initialized() else None
-    return torch.random.get_rng_state(), cuda
-
-
-def _set_rng_states(state):
-    cpu, cuda = state
-    torch.random.set_rng_state(cpu)
-    if cuda is not None:
-        torch.cuda.set_rng_state_all(cuda)
 
 
 class CompiledSVI:

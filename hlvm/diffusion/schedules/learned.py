@@ -105,8 +105,8 @@ class MonotoneNetSchedule(_InteriorSchedule):
 
     which pins the endpoints (held fixed, or learned when ``learn_endpoints=True``).  The
     non-linear branch is initialised with tiny weights, so γ starts out linear (to ~1e-4) — or, with
-    ``base="cosine"``, the network acts on the cosine schedule's normalised γ instead of t (a
-    composition of monotone maps), so γ starts out as the cosine schedule.
+    ``base="cosine"`` (or any schedule with the same endpoints), the network acts on that
+    schedule's normalised γ instead of t (a composition of monotone maps), so γ starts out as it.
     """
 
     def __init__(self, gamma_min: float = -13.3, gamma_max: float = 5.0, hidden: int = 1024,
@@ -115,9 +115,8 @@ class MonotoneNetSchedule(_InteriorSchedule):
         _check_endpoints(gamma_min, gamma_max)
         if hidden < 1:
             raise ValueError(f"hidden must be >= 1, got {hidden}")
-        if base not in ("linear", "cosine"):
-            raise ValueError(f"unknown base {base!r}; expected 'linear' or 'cosine'")
-        self.base = CosineSchedule(gamma_min, gamma_max) if base == "cosine" else None
+        base = _base_schedule(base, gamma_min, gamma_max)
+        self.base = None if isinstance(base, LinearSchedule) else base  # linear: the network acts on t itself
         self.l1 = _PositiveLinear(1, 1, init_scale=1.0)
         self.l2 = _PositiveLinear(1, hidden)
         self.l3 = _PositiveLinear(hidden, 1, init_scale=-12.0)
