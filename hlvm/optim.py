@@ -37,8 +37,9 @@ class SingleOptim(PyroOptim):
     :param float clip_norm: clip the global gradient norm before each step (optional).
     :param float skip_norm: skip the update (VDVAE's "update skipping", Child 2021) when the global
         gradient norm, before clipping, exceeds this or is not finite (optional); ``skipped`` counts them.
-    :param bool track_norm: record the global gradient norm of every step in ``last_grad_norm``
-        (always recorded when clipping or skipping).
+
+    ``last_grad_norm`` holds the global gradient norm of the last step when clipping or skipping
+    (a caller that computes it anyway, like hlvm's Trainer, may set it for the other steps).
 
     .. warning:: A fixed ``skip_norm`` must lie above the gradient norms of the first steps, which
         are larger than later ones; set too low, every update is skipped and nothing trains.
@@ -48,7 +49,7 @@ class SingleOptim(PyroOptim):
     """
 
     def __init__(self, optim_constructor: Callable, optim_args: dict | None = None, clip_norm: float | None = None,
-                 skip_norm: float | None = None, track_norm: bool = False):
+                 skip_norm: float | None = None):
         optim_args = {} if optim_args is None else optim_args
         if not isinstance(optim_args, dict):
             raise ValueError(f"optim_args must be a dict of keyword arguments, got {type(optim_args).__name__}")
@@ -57,7 +58,7 @@ class SingleOptim(PyroOptim):
         if skip_norm is not None and not skip_norm > 0:
             raise ValueError(f"skip_norm must be positive, got {skip_norm}")
         super().__init__(optim_constructor, optim_args)
-        self.clip_norm, self.skip_norm, self.track_norm = clip_norm, skip_norm, track_norm
+        self.clip_norm, self.skip_norm = clip_norm, skip_norm
         self.skipped, self.last_grad_norm = 0, float("nan")  # updates skipped (gradient norm above skip_norm)
         self.optim = None  # the torch optimizer, built on the first call
         self._groups: list[list[str]] = []  # param-store names of each param group
@@ -107,8 +108,6 @@ class SingleOptim(PyroOptim):
                 self.skipped += 1
                 self.optim.zero_grad(set_to_none=True)
                 return
-        elif self.track_norm:
-            self.last_grad_norm = float(torch.nn.utils.get_total_norm([p.grad for p in grads]))
         self.optim.step(*args, **kwargs)
         self.optim.zero_grad(set_to_none=True)
 
@@ -139,13 +138,11 @@ class SingleOptim(PyroOptim):
         self.set_state(torch.load(filename, map_location=map_location, weights_only=False))
 
 
-def Adam(optim_args: dict | None = None, clip_norm: float | None = None, skip_norm: float | None = None,
-         track_norm: bool = False) -> SingleOptim:
+def Adam(optim_args: dict | None = None, clip_norm: float | None = None, skip_norm: float | None = None) -> SingleOptim:
     """``torch.optim.Adam`` over all parameters, for :class:`pyro.infer.SVI` (cf. ``pyro.optim.Adam``)."""
-    return SingleOptim(torch.optim.Adam, optim_args, clip_norm, skip_norm, track_norm)
+    return SingleOptim(torch.optim.Adam, optim_args, clip_norm, skip_norm)
 
 
-def AdamW(optim_args: dict | None = None, clip_norm: float | None = None, skip_norm: float | None = None,
-         track_norm: bool = False) -> SingleOptim:
+def AdamW(optim_args: dict | None = None, clip_norm: float | None = None, skip_norm: float | None = None) -> SingleOptim:
     """``torch.optim.AdamW`` over all parameters, for :class:`pyro.infer.SVI`."""
-    return SingleOptim(torch.optim.AdamW, optim_args, clip_norm, skip_norm, track_norm)
+    return SingleOptim(torch.optim.AdamW, optim_args, clip_norm, skip_norm)

@@ -150,7 +150,7 @@ class Trainer:
                 raise ValueError("--free-bits needs analytic per-layer KLs: a model whose estimator is TraceMeanField_ELBO")
             self.estimator = FreeBitsELBO(cfg.free_bits)
         # one torch Adam over all parameters; optional global-norm clipping and VDVAE update skipping
-        self.optim = hlvm_optim.Adam({"lr": cfg.lr}, clip_norm=cfg.grad_clip, skip_norm=cfg.skip_norm, track_norm=True)
+        self.optim = hlvm_optim.Adam({"lr": cfg.lr}, clip_norm=cfg.grad_clip, skip_norm=cfg.skip_norm)
         self.svi = SVIWithReplay(self.model.model, self.model.guide, self.optim, loss=self._loss,
                                  loss_and_grads=self._loss_and_grads)
         #: --compile: the step recorded once per batch shape and replayed (hlvm.compile); Pyro's own
@@ -237,7 +237,14 @@ class Trainer:
             raise _NonFinite(f"loss became {loss}")
         if self.cfg.skip_norm is None:
             grads = [p.grad for p in self.model.parameters() if p.grad is not None]
-            if grads and not bool(torch.stack([torch.isfinite(g).all() for g in grads]).all()):  # one sync
+            if not grads:
+                return
+            # one pass and one sync: the global norm, which is also the step's logged gradient norm;
+            # a finite norm means finite gradients, and only a non-finite one (NaN, inf, or an
+            # overflow of the squares) needs the exact per-tensor check
+            norm = float(torch.nn.utils.get_total_norm(grads))
+            self.optim.last_grad_norm = norm
+            if not math.isfinite(norm) and not all(bool(torch.isfinite(g).all()) for g in grads):
                 raise _NonFinite(f"gradient became non-finite (loss {loss:.6g})")
 
     # -- data ------------------------------------------------------------------------------
