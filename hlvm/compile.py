@@ -65,6 +65,17 @@ def _without_readouts():
             setattr(module, name, fn)
 
 
+@contextlib.contextmanager
+def _random_state_kept():
+    """Draws made inside (recording, probing the guide) leave every random stream — CPU, CUDA,
+    Python, NumPy — as it was, so a compiled run draws exactly what Pyro's run draws."""
+    state = rng_state()
+    try:
+        yield
+    finally:
+        set_rng_state(state)
+
+
 def _signature(args, kwargs):
     def sig(v):
         return (tuple(v.shape), v.dtype, v.device) if isinstance(v, torch.Tensor) else ("py", repr(v))
@@ -188,14 +199,11 @@ class RecordedLoss:
             return loss, [torch.zeros_like(p) if g is None else g for p, g in zip(ps, grads)]
 
         inputs = [p.detach().requires_grad_(True) for p in params]
-        state = torch.random.get_rng_state()
         try:
-            with poutine.block():  # the recording's sites (stand-ins for the parameters) stay private
+            with _random_state_kept(), poutine.block():  # the recording's sites (stand-ins) stay private
                 graph = make_fx(step)(inputs, list(args))
         except Exception as e:  # noqa: BLE001 - any failure to record means: use Pyro
             return None, f"the step cannot be recorded ({type(e).__name__}: {str(e).splitlines()[0][:120]})"
-        finally:
-            torch.random.set_rng_state(state)
         constants = {id(v) for v in graph.__dict__.values() if isinstance(v, torch.Tensor)}
         constants |= {id(b) for b in graph.buffers()} | {id(p) for p in graph.parameters()}
         if any(id(p) in constants for p in params):
@@ -222,7 +230,7 @@ class RecordedLoss:
         key = _signature(args, kwargs)
         if key not in self.records:
             loss, params, grads = self.pyro_loss_and_grads(*args, **kwargs)  # also registers the parameters
-            with torch.random.fork_rng(devices=[]):
+            with _random_state_kept():
                 reparameterized = self._reparameterized(*args, **kwargs)
             if not reparameterized:
                 self._give_up("the guide has non-reparameterized sites")
