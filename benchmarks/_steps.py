@@ -192,12 +192,12 @@ def plain_step(model, loss_fn, x, lr=1e-3):
 
 
 def svi_step(model, elbo, x, lr=1e-3, validation=True, optim="hlvm"):
-    """``pyro.infer.SVI`` with ``hlvm.optim.Adam`` (``optim="hlvm"``: one torch Adam over all
+    """``pyro.infer.SVI`` with ``hlvm.training.optim.Adam`` (``optim="hlvm"``: one torch Adam over all
     parameters, as hlvm's Trainer uses) or ``pyro.optim.Adam`` (``"pyro"``: one per tensor)."""
     if optim == "hlvm":
-        import hlvm.optim
+        import hlvm.training.optim
 
-        opt = hlvm.optim.Adam({"lr": lr})
+        opt = hlvm.training.optim.Adam({"lr": lr})
     else:
         opt = pyro.optim.Adam({"lr": lr})
     svi = SVI(model.model, model.guide, opt, elbo)
@@ -212,10 +212,10 @@ def svi_step(model, elbo, x, lr=1e-3, validation=True, optim="hlvm"):
 def compiled_step(model, elbo, x, lr=1e-3, validation=True, check_every=100, cuda_graph=False):
     """``hlvm.compile_step``: the recorded SVI step (with its periodic check against Pyro); with
     ``cuda_graph`` also captured in a CUDA graph."""
-    import hlvm.optim
-    from hlvm.compile import compile_step
+    import hlvm.training.optim
+    from hlvm.training.compile import compile_step
 
-    svi = compile_step(model.model, model.guide, elbo, hlvm.optim.Adam({"lr": lr}), check_every=check_every,
+    svi = compile_step(model.model, model.guide, elbo, hlvm.training.optim.Adam({"lr": lr}), check_every=check_every,
                        cuda_graph=cuda_graph)
 
     def step():

@@ -23,7 +23,7 @@ import torch
 from pyro.infer import SVI, TraceMeanField_ELBO
 
 from _steps import ValidationSwitch, build, plain_loss_fn, plain_step
-import hlvm.optim
+import hlvm.training.optim
 from hlvm import DiffusionELBO
 from hlvm.data import load_dataset
 
@@ -35,8 +35,8 @@ def t_label(T):
 
 
 def svi_at(model, T, x, elbo, validation=True):
-    """An SVI step (``hlvm.optim.Adam``, as ``hlvm train``) with the chain switched to ``T``."""
-    svi = SVI(model.model, model.guide, hlvm.optim.Adam({"lr": 1e-3}), elbo)
+    """An SVI step (``hlvm.training.optim.Adam``, as ``hlvm train``) with the chain switched to ``T``."""
+    svi = SVI(model.model, model.guide, hlvm.training.optim.Adam({"lr": 1e-3}), elbo)
 
     def step():
         model.chain.T = T

@@ -2,7 +2,7 @@
 
 Issue 15's goal: an 8-bit VAE step ≤ 3× the binary VAE step (it was 80–100× when the decoder was
 a 256-way softmax table per pixel). Contenders, interleaved, batch 128 of the embedded MNIST
-subset, each a full ``pyro.infer.SVI`` step with ``hlvm.optim.Adam`` and Pyro's defaults:
+subset, each a full ``pyro.infer.SVI`` step with ``hlvm.training.optim.Adam`` and Pyro's defaults:
 
 * ``vae binary`` — VAE 784-400-20, Bernoulli decoder, ``TraceMeanField_ELBO`` (the baseline);
 * ``vae 8bit`` — the same on the 8-bit images with the default decoder, the discretized Gaussian

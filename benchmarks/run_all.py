@@ -32,7 +32,7 @@ import _common as C  # noqa: E402
 
 
 BEFORE = "da9d9b1"
-SCHEDULE_JSON = "docs/schedule_variance.json"  # the schedule-variance benchmark's own run (long; not re-run here)  # the last commit before the step-overhead work (hlvm.optim, hoisted registration)
+SCHEDULE_JSON = "docs/schedule_variance.json"  # the schedule-variance benchmark's own run (long; not re-run here)  # the last commit before the step-overhead work (hlvm.training.optim, hoisted registration)
 
 
 def export_library(rev: str, dest: str) -> str:
@@ -159,7 +159,7 @@ def write_markdown(path, res, cmds, args, seconds, tests):
     sections = [
         ("step_overhead", "Training step: Pyro vs plain PyTorch", "step_overhead",
          "Same model instance, same batch of 128 binarized MNIST images, same loss (the plain step reproduces the "
-         "Pyro loss to rounding at the same seed), Adam 1e-3. `svi` = `pyro.infer.SVI` + `hlvm.optim.Adam` (one "
+         "Pyro loss to rounding at the same seed), Adam 1e-3. `svi` = `pyro.infer.SVI` + `hlvm.training.optim.Adam` (one "
          "torch Adam over all parameters; what `hlvm train` uses) with Pyro's defaults (validation on); "
          "`svi, pyro.optim.Adam` = the same with Pyro's stock optimizer (one torch Adam per tensor); `ELBOModule` = `elbo(model.model, model.guide)` with "
          "`pyro.settings.set(module_local_params=True)` and `torch.optim.Adam`. The reference row: stock "
@@ -169,7 +169,7 @@ def write_markdown(path, res, cmds, args, seconds, tests):
          "The same harness on the library as it was before profiling: `pyro.optim.Adam` only (one torch Adam per "
          "parameter tensor), every network re-registered with Pyro on each attribute access (inside the plate), the "
          "VDM guide touching the collapsed chain, and value checks run whatever the validation setting. "
-         "The changes, each found with cProfile's per-step Python call counts: `hlvm.optim.Adam` (one torch "
+         "The changes, each found with cProfile's per-step Python call counts: `hlvm.training.optim.Adam` (one torch "
          "optimizer over all parameters, gradients freed after the step), each network fetched once per program "
          "run outside the plate, the collapsed VDM guide returning before it touches the chain, and data/time "
          "value checks gated by `pyro.enable_validation` like torch's `validate_args`."),

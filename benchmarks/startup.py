@@ -34,7 +34,7 @@ GOALS = {"help": 0.5, "first_step": 2.0}
 # the child: the real CLI, with a print of the wall clock after the first SVI step, then exit
 _FIRST_STEP = r"""
 import os, sys, time
-import hlvm.train as T
+import hlvm.training as T
 _fit = T.Trainer.fit
 def fit(self):
     step = self.svi.step

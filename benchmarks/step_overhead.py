@@ -7,7 +7,7 @@ Adam update — on the SAME model instance and batch:
 
 * ``plain``: hand-written loss on the model's own modules + ``torch.optim.Adam`` (see _steps.py;
   it reproduces the Pyro loss to rounding at the same seed, which is checked and printed);
-* ``svi``: ``pyro.infer.SVI`` + ``hlvm.optim.Adam`` (one torch Adam over all parameters, what
+* ``svi``: ``pyro.infer.SVI`` + ``hlvm.training.optim.Adam`` (one torch Adam over all parameters, what
   hlvm's Trainer uses) with Pyro's defaults (validation on) — the headline;
 * ``svi, pyro.optim.Adam``: the same with Pyro's stock optimizer (one torch Adam per tensor);
 * ``svi, validation off``: the headline after ``pyro.enable_validation(False)``;
@@ -47,7 +47,7 @@ GOALS = {"vae": 1.25, "hvae-td": 1.25, "vdm": 1.10}
 COMPILED_GOALS = {"vae": 1.10, "hvae-td": 1.10, "vdm": 1.05}
 LABELS = {"vae": "VAE 784-400-20 (TraceMeanField_ELBO)", "hvae-td": "TopDownHVAE default (TraceMeanField_ELBO)",
           "vdm": "VDM MLP, T=None (DiffusionELBO)"}
-HEADLINE = "svi"  # falls back to "svi, pyro.optim.Adam" for a library without hlvm.optim
+HEADLINE = "svi"  # falls back to "svi, pyro.optim.Adam" for a library without hlvm.training.optim
 
 
 def _has(module: str) -> bool:
@@ -58,7 +58,7 @@ def _has(module: str) -> bool:
 
 def _has_hlvm_optim() -> bool:
     try:
-        import hlvm.optim  # noqa: F401  (absent before the overhead work)
+        import hlvm.training.optim  # noqa: F401  (absent before the overhead work)
     except ImportError:
         return False
     return True
@@ -69,7 +69,7 @@ def contenders(name, model, x, lr=1e-3):
     if _has_hlvm_optim():
         c["svi"] = svi_step(model, default_elbo(name), x, lr, validation=True)
         c["svi, validation off"] = svi_step(model, default_elbo(name), x, lr, validation=False)
-        if _has("hlvm.compile"):  # absent before issue 15
+        if _has("hlvm.training.compile"):  # absent before issue 15
             c["compiled"] = compiled_step(model, default_elbo(name), x, lr, validation=True)
             if x.is_cuda:
                 c["compiled, CUDA graph"] = compiled_step(model, default_elbo(name), x, lr, validation=True, cuda_graph=True)

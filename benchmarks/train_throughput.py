@@ -1,7 +1,7 @@
 """Training throughput (images/s) of each zoo model through hlvm's own Trainer, on CPU or CUDA.
 
 Each model (``vae``, ``hvae-bu``, ``hvae-td``, ``vdm``; default configs and default estimators)
-is built by :class:`hlvm.train.Trainer` on the embedded MNIST subset, then timed for its
+is built by :class:`hlvm.training.Trainer` on the embedded MNIST subset, then timed for its
 training step exactly as ``Trainer.fit`` runs it (next batch → ``svi.step``), without the
 progress bar, evaluation or checkpoints.  Models run one after the other (the Trainer clears
 Pyro's param store), each warmed up, median over repeats of a block of steps.
@@ -21,7 +21,7 @@ import _common as C  # noqa: I001
 import torch
 
 from hlvm.data import load_dataset
-from hlvm.train import TrainConfig, Trainer
+from hlvm.training import TrainConfig, Trainer
 
 MODELS = ("vae", "hvae-bu", "hvae-td", "vdm")
 

@@ -25,7 +25,7 @@ from pyro.optim import Adam
 
 import hlvm
 from hlvm.data import batches, load_dataset
-from hlvm.plots import save_grid
+from hlvm.reports.plots import save_grid
 from models import VAE
 
 

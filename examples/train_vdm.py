@@ -7,7 +7,7 @@ process itself.  Inference: the fixed Gaussian noising q(z_1 | x) ∏ q(z_s | z_
 γ(t) = −log SNR(t) is a noise schedule (linear by default, learnable with ``--schedule learned-linear``).
 
 This is a top-down hierarchical VAE (compare ``train_hvae_top_down.py``) whose latents have the
-data's dimension.  ``hlvm.elbo.DiffusionELBO`` is Pyro's ``Trace_ELBO`` with the chain collapsed
+data's dimension.  ``hlvm.programs.elbo.DiffusionELBO`` is Pyro's ``Trace_ELBO`` with the chain collapsed
 analytically:  −ELBO = −E log p(x | z_0) + KL(q(z_1 | x) ‖ N(0, I)) + L_T, where the diffusion loss
 L_T (or L_∞) is estimated from one random timestep per image, so a step costs the same for any T.
 The default MLP denoiser is CPU-friendly but learns slowly on images; ``--backbone unet`` (a small
@@ -33,7 +33,7 @@ from pyro.optim import Adam
 
 from hlvm.data import batches, load_dataset
 from hlvm.programs.elbo import DiffusionELBO
-from hlvm.plots import save_grid
+from hlvm.reports.plots import save_grid
 from models import VDM
 
 

@@ -6,8 +6,8 @@ whose generative transitions share one denoiser x̂θ (De Sousa Ribeiro & Glocke
 Layout (docs/architecture.md): :mod:`hlvm.diffusion` (torch maths: schedules, Gaussian diffusion,
 parameterizations, the denoiser, the bound, samplers) → :mod:`hlvm.programs` (Pyro pieces: the
 chain, likelihoods, layers, DiffusionELBO, the Hierarchy contract, sampling programs) →
-:mod:`hlvm.graph` (trace → networkx, checks, drawing) → :mod:`hlvm.eval` → ``hlvm.train`` →
-:mod:`hlvm.cli`.
+:mod:`hlvm.graph` (trace → networkx, checks, drawing) → :mod:`hlvm.eval` → :mod:`hlvm.training` →
+:mod:`hlvm.reports` → :mod:`hlvm.cli`; :mod:`hlvm.data` beneath them all.
 
 Importing ``hlvm`` is instant: each public name is imported from its module on first use (PEP 562),
 so ``hlvm --help`` and each command's parser never load torch or Pyro.
@@ -40,7 +40,8 @@ _EXPORTS = {
              "active_units"],
     "estimators": ["default_estimator"],
     "registry": ["register"],
-    "compile": ["compile_step", "CompiledSVI", "RecordedLoss"],
+    "training.compile": ["compile_step", "CompiledSVI", "RecordedLoss"],
+    "training": ["Trainer", "TrainConfig"],
 }
 _SUBMODULES = ["optim"]  # hlvm.optim.Adam: one torch optimizer over all parameters, for SVI
 _WHERE = {name: module for module, names in _EXPORTS.items() for name in names}

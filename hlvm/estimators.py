@@ -11,19 +11,24 @@ from __future__ import annotations
 from pyro.infer import Trace_ELBO, TraceMeanField_ELBO
 
 from .graph import check_mean_field
+from .limits import ESTIMATORS
 from .programs.chain import chains_of
 from .programs.elbo import DiffusionELBO
 
 __all__ = ["ESTIMATORS", "default_estimator", "make_estimator"]
 
-ESTIMATORS = ("auto", "trace", "meanfield", "diffusion")
 
 
-def default_estimator(model, **kwargs):
-    """The ELBO for ``model`` by the rule of the module docstring."""
+def default_estimator(model, data=None, **kwargs):
+    """The ELBO for ``model`` by the rule of the module docstring; ``kwargs`` go to its constructor.
+
+    :param data: a batch to trace the programs on when the DAG must be read (default: zeros of
+        ``model.data_shape``; a hierarchy without one needs ``data``).
+    """
     if chains_of(model):
         return DiffusionELBO(**kwargs)
-    if check_mean_field(model):
+    mean_field = check_mean_field(model) if data is None else check_mean_field(model.model, model.guide, data[:2])
+    if mean_field:
         return TraceMeanField_ELBO(**kwargs)
     return Trace_ELBO(**kwargs)
 

@@ -5,10 +5,14 @@ The modules that own these concepts import them from here, so each lives in one 
 
 import os
 
-__all__ = ["DATASETS", "MAX_T", "default_threads"]
+__all__ = ["DATASETS", "ESTIMATORS", "MAX_T", "default_threads"]
 
 #: the datasets :func:`hlvm.data.load_dataset` knows
 DATASETS = ("mnist5k", "digits", "five-clusters", "gaussian", "ppca", "mnist", "fashion-mnist", "cifar10")
+
+#: the estimator names of ``--estimator`` / :func:`hlvm.estimators.make_estimator` (``auto``: the rule of
+#: :func:`hlvm.estimators.default_estimator`, which training and evaluation both follow)
+ESTIMATORS = ("auto", "trace", "meanfield", "diffusion")
 
 #: the most discrete steps a chain takes.  The grid t = i/T, s = t − 1/T is computed in the
 #: model's dtype; in float32 the discrete-time weights ½ T expm1(γ_t − γ_s) averaged over the grid

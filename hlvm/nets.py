@@ -196,7 +196,7 @@ class UNet(nn.Module):
 class QuadraticEnergy(nn.Module):
     """E(z, γ) = ½ ‖z − f(z, γ)‖² per example, from any same-shape backbone f.
 
-    Its score −∇_z E is what an ``"energy"`` :class:`~hlvm.denoiser.Denoiser` converts to x̂.
+    Its score −∇_z E is what an ``"energy"`` :class:`~hlvm.diffusion.denoiser.Denoiser` converts to x̂.
     """
 
     def __init__(self, backbone: nn.Module):

@@ -26,7 +26,7 @@ class VAE(PyroModule):
 
     Args:
         data_shape: per-example shape, e.g. (1, 28, 28).
-        likelihood: ``"binary"``, ``"8bit"``, ``"continuous"`` or a :class:`~hlvm.likelihoods.Likelihood`.
+        likelihood: ``"binary"``, ``"8bit"``, ``"continuous"`` or a :class:`~hlvm.programs.likelihoods.Likelihood`.
         latent_dim, hidden, depth: sizes of the default MLP encoder/decoder.
         encoder: optional module x̃ ↦ (loc, scale) of q(z|x);  decoder: optional z ↦ decoder output.
     """

@@ -35,7 +35,7 @@ class VDM(PyroModule):
 
     Args:
         T: discrete steps (1 … 10⁴ and more), or None for continuous time.
-        schedule: a name for :func:`hlvm.schedules.make_schedule` or a NoiseSchedule.
+        schedule: a name for :func:`hlvm.diffusion.schedules.make_schedule` or a NoiseSchedule.
         backbone: ``"mlp"``, ``"unet"`` or a module f(z_t, γ_t); ``parameterization`` says what it predicts
             (``"auto"``: ``"logit"`` for binary data, whose x̂ = tanh(αz/σ² + f) starts out as the Bayes
             denoiser of independent pixels, else ``"eps"``).

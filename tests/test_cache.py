@@ -1,4 +1,4 @@
-"""The dataset cache (hlvm.cache): decoded once, keyed by the source's content, safe against
+"""The dataset cache (hlvm.data.cache): decoded once, keyed by the source's content, safe against
 corrupt files, concurrent writers and unwritable folders; mnist5k is the same data with it or not."""
 
 import os
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from hlvm import cache
+from hlvm.data import cache
 from hlvm.data import load_dataset
 
 

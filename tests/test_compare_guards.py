@@ -1,11 +1,11 @@
-"""``hlvm.compare.run_compare`` through the Python API: its options checked before any data is
+"""``hlvm.reports.compare.run_compare`` through the Python API: its options checked before any data is
 read, and a failure after a model's training names the checkpoint it kept."""
 
 import pytest
 
-import hlvm.compare as compare
-from hlvm.compare import run_compare
-from hlvm.train import EvaluationFailed, TrainConfig, load_checkpoint
+import hlvm.reports.compare as compare
+from hlvm.reports.compare import run_compare
+from hlvm.training import EvaluationFailed, TrainConfig, load_checkpoint
 
 pytestmark = pytest.mark.usefixtures("one_intra_op_thread")
 

@@ -1,4 +1,4 @@
-"""hlvm.compile: the recorded SVI step equals Pyro's — loss, gradients and whole trajectories at the
+"""hlvm.training.compile: the recorded SVI step equals Pyro's — loss, gradients and whole trajectories at the
 same seed — for the zoo, a contract-only hierarchy and a diffusion chain; and it falls back to
 Pyro, with one notice, wherever a record cannot be trusted."""
 
@@ -10,7 +10,7 @@ from pyro.infer import SVI, Trace_ELBO, TraceMeanField_ELBO
 from pyro.nn import PyroModule, pyro_method
 from torch import nn
 
-from hlvm.compile import RecordedLoss, compile_step
+from hlvm.training.compile import RecordedLoss, compile_step
 from hlvm.estimators import default_estimator
 from models import VAE, VDM, BottomUpHVAE, TopDownHVAE
 

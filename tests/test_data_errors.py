@@ -14,9 +14,9 @@ import pytest
 import torch
 
 from conftest import ROOT
-from hlvm import cifar
+from hlvm.data import cifar
 from hlvm.data import load_dataset
-from hlvm.mnist import FASHION_FILES, idx_arrays, locate
+from hlvm.data.mnist import FASHION_FILES, idx_arrays, locate
 
 
 def tree(path):

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from hlvm.data import MNIST_TEST_SEED, load_dataset
-from hlvm.mnist import FILES, locate, mnist_arrays
+from hlvm.data.mnist import FILES, locate, mnist_arrays
 
 
 @pytest.fixture(scope="module")

@@ -11,8 +11,8 @@ import sys
 import pytest
 
 from conftest import ROOT
-from hlvm.monitor import auto_log_every, line_mode, read_metrics
-from hlvm.train import WARMUP_STEPS, TrainConfig, Trainer
+from hlvm.training.monitor import auto_log_every, line_mode, read_metrics
+from hlvm.training import WARMUP_STEPS, TrainConfig, Trainer
 
 pytestmark = pytest.mark.usefixtures("one_intra_op_thread")
 

@@ -1,4 +1,4 @@
-"""hlvm.optim.SingleOptim against pyro.optim, and the zoo's once-per-run parameter registration.
+"""hlvm.training.optim.SingleOptim against pyro.optim, and the zoo's once-per-run parameter registration.
 
 ``SingleOptim`` steps one torch optimizer over all parameters instead of Pyro's one optimizer per
 tensor; Adam is elementwise, so the parameter trajectories must agree with ``pyro.optim.Adam`` to
@@ -40,7 +40,7 @@ def _run(optim, steps, x, model=None, seed=0):
 def test_single_optim_reproduces_pyro_adam():
     x = _data()
     m1, _, l1 = _run(pyro.optim.Adam({"lr": 1e-2, "betas": (0.8, 0.99)}), 20, x)
-    m2, _, l2 = _run(hlvm.optim.Adam({"lr": 1e-2, "betas": (0.8, 0.99)}), 20, x)
+    m2, _, l2 = _run(hlvm.training.optim.Adam({"lr": 1e-2, "betas": (0.8, 0.99)}), 20, x)
     tol = 1e-10 if torch.get_default_dtype() == torch.float64 else 1e-4
     assert l1 == pytest.approx(l2, rel=tol)
     for (n1, p1), (n2, p2) in zip(m1.named_parameters(), m2.named_parameters()):
@@ -52,7 +52,7 @@ def test_single_optim_reproduces_pyro_adam():
 
 
 def test_single_optim_frees_gradients_and_uses_one_optimizer():
-    optim = hlvm.optim.Adam({"lr": 1e-3})
+    optim = hlvm.training.optim.Adam({"lr": 1e-3})
     m, _, _ = _run(optim, 2, _data())
     assert all(p.grad is None for p in m.parameters())
     assert isinstance(optim.optim, torch.optim.Adam)
@@ -63,8 +63,8 @@ def test_single_optim_frees_gradients_and_uses_one_optimizer():
 
 def test_single_optim_state_resumes_exactly():
     x = _data()
-    _, _, uninterrupted = _run(hlvm.optim.Adam({"lr": 1e-2}), 10, x)
-    m, svi, first = _run(hlvm.optim.Adam({"lr": 1e-2}), 5, x)
+    _, _, uninterrupted = _run(hlvm.training.optim.Adam({"lr": 1e-2}), 10, x)
+    m, svi, first = _run(hlvm.training.optim.Adam({"lr": 1e-2}), 5, x)
     weights = {k: v.detach().clone() for k, v in m.state_dict().items()}
     state = svi.optim.get_state()
     rng = pyro.util.get_rng_state()
@@ -72,7 +72,7 @@ def test_single_optim_state_resumes_exactly():
     pyro.clear_param_store()
     m2 = _vae()
     m2.load_state_dict(weights)
-    optim2 = hlvm.optim.Adam({"lr": 1e-2})
+    optim2 = hlvm.training.optim.Adam({"lr": 1e-2})
     optim2.set_state(state)
     pyro.util.set_rng_state(rng)
     svi2 = SVI(m2.model, m2.guide, optim2, Trace_ELBO())
@@ -83,7 +83,7 @@ def test_single_optim_state_resumes_exactly():
 def test_single_optim_clip_norm_bounds_the_first_step():
     """Adam's first step is lr·sign(g) whatever the scale of g, so test clipping on SGD instead."""
     x = _data()
-    optim = hlvm.optim.SingleOptim(torch.optim.SGD, {"lr": 1.0}, clip_norm=1e-3)
+    optim = hlvm.training.optim.SingleOptim(torch.optim.SGD, {"lr": 1.0}, clip_norm=1e-3)
     m0 = _vae()
     before = [p.detach().clone() for p in m0.parameters()]
     _run(optim, 1, x, model=m0)
@@ -97,14 +97,14 @@ def test_single_optim_clip_norm_bounds_the_first_step():
 ])
 def test_single_optim_bad_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):
-        hlvm.optim.SingleOptim(torch.optim.Adam, **kwargs)
+        hlvm.training.optim.SingleOptim(torch.optim.Adam, **kwargs)
 
 
 def test_single_optim_rejects_a_pyro_optim_state():
     x = _data()
     _, svi, _ = _run(pyro.optim.Adam({"lr": 1e-3}), 1, x)
     with pytest.raises(ValueError, match="SingleOptim state"):
-        hlvm.optim.Adam({"lr": 1e-3}).set_state(svi.optim.get_state())
+        hlvm.training.optim.Adam({"lr": 1e-3}).set_state(svi.optim.get_state())
 
 
 # ---------------------------------------------------------------------------------------------
@@ -161,14 +161,14 @@ def test_collapsed_vdm_guide_registers_nothing():
 
 
 def test_trace_mean_field_with_single_optim_trains_td_hvae():
-    """End to end: the hoisted TopDownHVAE under TraceMeanField_ELBO and hlvm.optim.Adam gets better."""
+    """End to end: the hoisted TopDownHVAE under TraceMeanField_ELBO and hlvm.training.optim.Adam gets better."""
     pyro.clear_param_store()
     pyro.set_rng_seed(0)
     m = TopDownHVAE(SHAPE, layers=2, latent_dim=3, hidden=16).to(DEVICE)
     x = _data(64)
     elbo = TraceMeanField_ELBO(num_particles=8)
     before = elbo.loss(m.model, m.guide, x)
-    svi = SVI(m.model, m.guide, hlvm.optim.Adam({"lr": 1e-2}), TraceMeanField_ELBO())
+    svi = SVI(m.model, m.guide, hlvm.training.optim.Adam({"lr": 1e-2}), TraceMeanField_ELBO())
     for _ in range(150):
         svi.step(x)
     after = elbo.loss(m.model, m.guide, x)
@@ -180,7 +180,7 @@ def test_trace_mean_field_with_single_optim_trains_td_hvae():
 def test_update_skipping_and_clipping():
     """skip_norm leaves the parameters untouched (and counts the skip) when the gradient norm is above
     it; clip_norm rescales the gradient to that norm before the step."""
-    from hlvm.optim import SingleOptim
+    from hlvm.training.optim import SingleOptim
 
     w = torch.nn.Parameter(torch.tensor([3.0, 4.0]))
     opt = SingleOptim(torch.optim.SGD, {"lr": 1.0}, skip_norm=4.0)

@@ -6,9 +6,9 @@ from urllib.parse import unquote
 
 import pytest
 
-from hlvm.compare import run_compare
-from hlvm.report_files import files_section, files_written
-from hlvm.train import TrainConfig
+from hlvm.reports.compare import run_compare
+from hlvm.reports.files import files_section, files_written
+from hlvm.training import TrainConfig
 
 pytestmark = pytest.mark.usefixtures("one_intra_op_thread")
 

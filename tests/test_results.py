@@ -2,7 +2,7 @@
 
 import json
 
-from hlvm.results import ROWS, run_results
+from hlvm.reports.results import ROWS, run_results
 
 
 def test_results_pipeline_smoke_and_resume(tmp_path):
@@ -30,7 +30,7 @@ def test_results_pipeline_smoke_and_resume(tmp_path):
 
 
 def test_results_page_shows_the_schedule_variance_benchmark_when_its_json_is_there(tmp_path):
-    from hlvm.results import SCHEDULE_JSON, write_page
+    from hlvm.reports.results import SCHEDULE_JSON, write_page
 
     row = {"schedule": "density-from-cosine", "objective": "variance", "var_uniform": 16.34, "var_antithetic": 11.0,
            "test_elbo": -111.5, "test_elbo_se": 1.3, "bpd": 0.2}

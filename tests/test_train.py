@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from hlvm.data import load_dataset
-from hlvm.train import TrainConfig, Trainer, TrainingDiverged, load_checkpoint, save_checkpoint
+from hlvm.training import TrainConfig, Trainer, TrainingDiverged, load_checkpoint, save_checkpoint
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -72,7 +72,7 @@ def test_checkpoint_holds_everything(tmp_path, digits):
 _BOMB = textwrap.dedent("""
     import os, signal, sys, torch
     sys.path.insert(0, {root!r})
-    from hlvm.train import save_checkpoint
+    from hlvm.training import save_checkpoint
 
     class Bomb:
         def __reduce__(self):

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from hlvm.data import load_dataset
-from hlvm.train import TrainConfig, Trainer
+from hlvm.training import TrainConfig, Trainer
 
 pytestmark = pytest.mark.usefixtures("one_intra_op_thread")
 
@@ -77,7 +77,7 @@ def test_cli_compile_and_threads(tmp_path):
     import subprocess
     import sys
 
-    from hlvm.train import load_checkpoint
+    from hlvm.training import load_checkpoint
 
     r = subprocess.run([sys.executable, "-m", "hlvm.cli", "train", "vae", "--data", "digits", "--steps", "3",
                         "--batch-size", "32", "--eval-examples", "20", "--compile", "--threads", "1", "--no-progress",

@@ -12,8 +12,8 @@ import pytest
 import torch
 
 from hlvm.data import load_dataset
-from hlvm.run_checks import clean_stale_tmp
-from hlvm.train import (WARMUP_STEPS, EvaluationFailed, TrainConfig, Trainer, TrainingDiverged, load_checkpoint,
+from hlvm.training.checks import clean_stale_tmp
+from hlvm.training import (WARMUP_STEPS, EvaluationFailed, TrainConfig, Trainer, TrainingDiverged, load_checkpoint,
                         load_run_checkpoint)
 
 pytestmark = pytest.mark.usefixtures("one_intra_op_thread")
@@ -93,7 +93,7 @@ def test_cuda_without_cuda_says_so():
 
 def test_validation_comes_before_data_loading(tmp_path, monkeypatch):
     """A bad option fails before the data are read (so errors are instant)."""
-    import hlvm.train as train
+    import hlvm.training.trainer as train
 
     monkeypatch.setattr(train, "load_dataset", lambda *a, **k: pytest.fail("data loaded before validation"))
     with pytest.raises(ValueError, match="--eval-examples"):
@@ -145,7 +145,7 @@ def test_stale_temporary_checkpoints_are_removed(run4, tmp_path, digits):
     ({"model_kwargs": {"hidden": 64, "latent_dim": 4}}, "model_kwargs"),
 ])
 def test_resume_refuses_settings_that_alter_the_run(run4, tmp_path, kw, changed, monkeypatch):
-    import hlvm.train as train
+    import hlvm.training.trainer as train
 
     out = _copy(run4, tmp_path)
     monkeypatch.setattr(train, "load_dataset", lambda *a, **k: pytest.fail("data loaded before the resume check"))

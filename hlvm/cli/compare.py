@@ -30,8 +30,8 @@ def add_arguments(p):
 def run(args):
     import sys
 
-    from hlvm.compare import run_compare
-    from hlvm.train import EvaluationFailed, TrainingDiverged
+    from hlvm.reports.compare import run_compare
+    from hlvm.training import EvaluationFailed, TrainingDiverged
 
     models = [m.strip() for m in args.models.split(",") if m.strip()]
     if args.steps is None and args.epochs is None:

@@ -3,7 +3,7 @@ HVAE, top-down HVAE and VDM under one budget on the embedded MNIST subset (repor
 ``reports/demo``).  Every ``compare`` option applies; only the defaults differ (:data:`DEMO`).
 
 The earlier demo of forward-process statistics and analytic KLs with a Gaussian oracle denoiser is
-``python -m hlvm.demo`` (:mod:`hlvm.demo`).
+``python examples/oracle_tour.py`` .
 """
 
 from hlvm.cli import compare

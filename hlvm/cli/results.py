@@ -1,5 +1,5 @@
 """``hlvm results --profile cpu|gpu|smoke``: the zoo on full MNIST beside the published numbers
-(``make results``; see :mod:`hlvm.results`).  Resumable: rerun to continue."""
+(``make results``; see :mod:`hlvm.reports.results`).  Resumable: rerun to continue."""
 
 
 def register(sub):
@@ -13,7 +13,7 @@ def register(sub):
 
 
 def run(args):
-    from hlvm.results import run_results
+    from hlvm.reports.results import run_results
 
     if args.threads is not None and args.threads < 1:
         raise ValueError(f"--threads must be >= 1, got {args.threads}")

@@ -32,7 +32,7 @@ def register(sub):
 
 def load_trained(model: str, checkpoint: str, device: str = "cpu"):
     """Rebuild a model from a checkpoint's config and weights (EMA weights when present)."""
-    from hlvm.checkpoints import load_run_checkpoint
+    from hlvm.training.checkpoints import load_run_checkpoint
     from hlvm.registry import build_model, load_class
 
     load_class(model)  # a bad name or a broken model file is reported before the checkpoint is read
@@ -65,7 +65,7 @@ def run(args):
     import pyro
     import torch
 
-    from hlvm.plots import save_grid
+    from hlvm.reports.plots import save_grid
     from hlvm.programs.chain import chains_of
     from hlvm.programs.sample import draw
     from hlvm.validate import check_device, check_int

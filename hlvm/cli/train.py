@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from hlvm.limits import DATASETS, MAX_T, default_threads
+from hlvm.limits import DATASETS, ESTIMATORS, MAX_T, default_threads
 
 
 #: TrainConfig fields that no option of the same name fills
@@ -43,7 +43,7 @@ def add_common(p):
     p.add_argument("--tensorboard", action="store_true", help="also log losses, ELBO terms and sample grids for "
                    "TensorBoard into the run folder (metrics.jsonl is always written)")
     p.add_argument("--compile", action="store_true", help="record the SVI step once per batch shape and replay it "
-                   "without Pyro's per-site cost (hlvm.compile; the same losses, checked against Pyro every 100 steps)")
+                   "without Pyro's per-site cost (hlvm.training.compile; the same losses, checked against Pyro every 100 steps)")
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: the cores other work "
                    "leaves free, from the load average; recorded in the run)")
 
@@ -52,7 +52,7 @@ def register(sub):
     p = sub.add_parser("train", help="train one model with Pyro SVI")
     p.add_argument("model", help="vae | hvae-bu | hvae-td | vdm | path/to/file.py:ClassName")
     add_common(p)
-    p.add_argument("--estimator", default=None, choices=["auto", "trace", "meanfield", "diffusion"], help="(default auto)")
+    p.add_argument("--estimator", default=None, choices=ESTIMATORS, help="(default auto)")
     p.add_argument("--out", default=None, help="run folder (default runs/MODEL)")
     p.add_argument("--resume", action="store_true", help="continue exactly from OUT/checkpoint.pt: options not given "
                    "take the run's own values; a given one that alters the run is refused (more steps/epochs, evaluation "
@@ -72,7 +72,7 @@ def config_from(args, model: str, out: str, saved: dict | None = None):
     from dataclasses import asdict
 
     from hlvm.data import default_binarization
-    from hlvm.train import TrainConfig
+    from hlvm.training import TrainConfig
 
     defaults = asdict(TrainConfig())
     base = saved if saved is not None else defaults
@@ -91,7 +91,7 @@ def _saved_config(out: str, resume: bool) -> dict | None:
     """On --resume, the config stored in the run's checkpoint (None if there is none to read)."""
     import os
 
-    from hlvm.train import CHECKPOINT, load_run_checkpoint
+    from hlvm.training import CHECKPOINT, load_run_checkpoint
 
     path = os.path.join(out, CHECKPOINT)
     return load_run_checkpoint(path)["config"] if resume and os.path.isfile(path) else None
@@ -100,7 +100,7 @@ def _saved_config(out: str, resume: bool) -> dict | None:
 def run(args):
     import os
 
-    from hlvm.train import EvaluationFailed, Trainer, TrainingDiverged
+    from hlvm.training import EvaluationFailed, Trainer, TrainingDiverged
 
     out = args.out or os.path.join("runs", os.path.basename(args.model).replace(":", "-").replace(".py", ""))
     cfg = config_from(args, args.model, out, _saved_config(out, args.resume))

@@ -25,7 +25,7 @@ x − x̂ = −(σ/α)(ε − ε̂) = −σ (v − v̂), so with SNR = α²/σ²
     ‖s − ŝ‖² = ‖ε − ε̂‖² / σ²,     ‖u − û‖² = (½ γ' α σ)² ‖v − v̂‖².
 
 (The printed Table 4 of De Sousa Ribeiro & Glocker gives a different v-weight; the relations
-above are derived here and checked numerically in ``tests/test_parameterization.py``.)
+above are derived here and checked numerically in ``tests/diffusion/test_parameterization.py``.)
 
 References:
     Kingma et al. 2021 (VDM), Appendix; Salimans & Ho 2022 (*Progressive Distillation*, v-pred);

@@ -39,6 +39,7 @@ from torch import nn
 
 from ..data import DataSplit
 from ..diffusion.ode import pf_ode_bound
+from ..estimators import default_estimator
 from ..programs.chain import bound_terms, chains_of
 from ..programs.elbo import DiffusionELBO
 from .active import ActiveUnits
@@ -80,8 +81,9 @@ def evaluate(model, data, elbo=None, batch_size: int = 500, K: int = 0, iwae_bat
     Args:
         model: a hierarchy (:class:`hlvm.Hierarchy`: ``model(x)``, ``guide(x)``).
         data: a :class:`~hlvm.data.DataSplit` (its ``test`` split is used) or a tensor (B, ...).
-        elbo: the estimator of the ELBO; default :class:`~hlvm.DiffusionELBO` when the model has a
-            :class:`~hlvm.DiffusionChain`, else ``Trace_ELBO()``.
+        elbo: the estimator of the ELBO; default :func:`hlvm.estimators.default_estimator`, the
+            one rule training follows too (a chain inside → DiffusionELBO; a mean-field-exact
+            guide → TraceMeanField_ELBO; else Trace_ELBO).
         batch_size: examples per ELBO evaluation.
         K: importance samples for the IWAE bound and k̂ (0: skip). k̂ needs K ≥ 30.
         iwae_batch: examples per IWAE call; its K · iwae_batch rows (draws × examples) run in
@@ -135,7 +137,7 @@ def evaluate(model, data, elbo=None, batch_size: int = 500, K: int = 0, iwae_bat
     if K:
         check_memory(iwae_memory, x.device)  # before any work
     if elbo is None:
-        elbo = DiffusionELBO() if chains_of(model) else Trace_ELBO()
+        elbo = default_estimator(model, x)  # the estimator training uses: one rule (hlvm.estimators)
     rng = (torch.random.fork_rng(devices=[x.device] if x.device.type == "cuda" else [])
            if seed is not None else nullcontext())
     was_training = model.training if isinstance(model, nn.Module) else None

@@ -179,12 +179,12 @@ def per_example_log_weights(model, guide=None, x=None, K: int = 1, chunk: int | 
     runs with Pyro's validation as configured; the others repeat the same program on the same
     data with other draws and skip it (~15% of a VAE's time).
 
-    * Guide sites marked ``infer={"is_auxiliary": True}`` (e.g. :func:`hlvm.layers.deterministic`
+    * Guide sites marked ``infer={"is_auxiliary": True}`` (e.g. :func:`hlvm.programs.layers.deterministic`
       ladder states) are skipped; ``pyro.factor`` sites count in both programs (added in the
       model, subtracted in the guide, as :class:`pyro.infer.Trace_ELBO` does).
     * Model latents that the guide does not sample are drawn from their model conditional, which
       is then their proposal: they cancel and are left out.
-    * The **stock** program is always used, even inside a :class:`~hlvm.elbo.DiffusionELBO`
+    * The **stock** program is always used, even inside a :class:`~hlvm.programs.elbo.DiffusionELBO`
       context: a diffusion chain contributes its T latent sites z_T … z_0. In continuous time
       the program has ``chain.trace_steps`` steps; ``steps`` overrides ``trace_steps`` of every
       continuous-time chain for this call only (restored afterwards). The weights are then those

@@ -1,7 +1,7 @@
 """Compaction of long chains: a chain of any length drawn as ``z_1 → … → z_t → z_s → … → z_0``.
 
 As De Sousa Ribeiro & Glocker draw the diffusion chain (Figure 5), a
-:class:`~hlvm.diffusion.DiffusionChain` of ``COMPACT_MIN_STEPS`` or more steps (and any
+:class:`~hlvm.programs.chain.DiffusionChain` of ``COMPACT_MIN_STEPS`` or more steps (and any
 user-written run of consecutively indexed sites) collapses to six role nodes, so a T = 1000 chain
 costs six nodes.
 """

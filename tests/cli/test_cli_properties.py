@@ -24,9 +24,9 @@ from hypothesis import strategies as st
 import hlvm.graph
 import hlvm.programs.sample
 import hlvm.registry
-import hlvm.train
+import hlvm.training.trainer
 from hlvm.cli import build_parser, main
-from hlvm.train import TrainConfig, Trainer
+from hlvm.training import TrainConfig, Trainer
 
 pytestmark = pytest.mark.usefixtures("one_intra_op_thread")
 
@@ -101,9 +101,9 @@ def _base(command: str, root) -> list[str]:
 
 def _run(argv, root, monkeypatch):
     """(return code, stderr) of ``hlvm argv`` with the work replaced by :class:`Reached`."""
-    monkeypatch.setattr(hlvm.train.Trainer, "fit", _stop if argv[0] == "compare" else _small_fit(Trainer.fit))
+    monkeypatch.setattr(hlvm.training.Trainer, "fit", _stop if argv[0] == "compare" else _small_fit(Trainer.fit))
     monkeypatch.setattr(hlvm.programs.sample, "draw", _small_draw(hlvm.programs.sample.draw))
-    monkeypatch.setattr(hlvm.train, "build_model", _small_build(hlvm.registry.build_model))
+    monkeypatch.setattr(hlvm.training.trainer, "build_model", _small_build(hlvm.registry.build_model))
     monkeypatch.setattr(hlvm.registry, "build_model", _small_build(hlvm.registry.build_model))
     err, cwd = io.StringIO(), os.getcwd()
     os.chdir(root)  # relative paths among the random values land here

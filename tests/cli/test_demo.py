@@ -1,5 +1,5 @@
 """`hlvm demo` and `make demo` are the same job: the comparison of the four zoo models; the earlier
-foundation demo stays reachable as `python -m hlvm.demo`."""
+tour of the Gaussian oracle is an example, `python examples/oracle_tour.py`."""
 
 import os
 import re
@@ -49,12 +49,12 @@ def test_demo_help_states_its_defaults():
     assert "hlvm compare --models vae,hvae-bu,hvae-td,vdm --data mnist5k --steps 2000 --out reports/demo" in " ".join(r.stdout.split())
 
 
-def test_foundation_demo_runs():
+def test_oracle_tour_runs():
     env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
-    r = subprocess.run([sys.executable, "-m", "hlvm.demo", "--batch-size", "8"], capture_output=True, text=True,
+    r = subprocess.run([sys.executable, "examples/oracle_tour.py", "--batch-size", "8"], capture_output=True, text=True,
                        env=env, cwd=ROOT, timeout=600)
     assert r.returncode == 0, r.stderr
     assert "diffusion loss L_T, T =     ∞" in r.stdout
-    bad = subprocess.run([sys.executable, "-m", "hlvm.demo", "--batch-size", "0"], capture_output=True, text=True,
+    bad = subprocess.run([sys.executable, "examples/oracle_tour.py", "--batch-size", "0"], capture_output=True, text=True,
                          env=env, cwd=ROOT, timeout=120)
     assert bad.returncode == 2 and "--batch-size must be >= 1" in bad.stderr and "Traceback" not in bad.stderr

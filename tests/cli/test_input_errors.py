@@ -122,7 +122,7 @@ def test_broken_model_file_named_with_its_line(tmp_path, command, case):
             "compare": ["compare", "--models", spec, "--data", "five-clusters", "--steps", "1", "--out", tmp_path / "cmp"]}
     r = hlvm(*args[command])
     assert_one_line_error(r, command, f"mymodel.py:{line}", what)
-    if command != "compare":  # compare makes its --out folder first (hlvm/compare.py: another part of issue 14)
+    if command != "compare":  # compare makes its --out folder first (hlvm/reports/compare.py: another part of issue 14)
         assert sorted(p.name for p in tmp_path.iterdir()) == ["mymodel.py"]
 
 

@@ -88,7 +88,7 @@ def test_exact_posterior_every_weight_is_log_likelihood():
 
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # no ParetoKWarning
-        res = evaluate(vae, x, K=50, batch_size=16, iwae_batch=16)
+        res = evaluate(vae, x, K=50, batch_size=16, iwae_batch=16, elbo=Trace_ELBO())  # every draw exact
     assert res["estimator"] == "Trace_ELBO"
     assert res["elbo"] == pytest.approx(exact.mean().item(), abs=1e-8)
     assert res["iwae"] == pytest.approx(exact.mean().item(), abs=1e-8)
@@ -209,7 +209,7 @@ def test_evaluate_warns_on_heavy_tailed_weights():
     # the exact guide (s = 1) gives exact weights and no warning
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        exact = evaluate(_Conjugate(1.0), x, K=400)
+        exact = evaluate(_Conjugate(1.0), x, K=400, elbo=Trace_ELBO())  # Trace_ELBO: each draw is exact
     logp = torch.distributions.Normal(0.0, math.sqrt(2.0)).log_prob(x).sum(-1).mean().item()
     assert exact["iwae"] == pytest.approx(logp, abs=1e-9) and exact["elbo"] == pytest.approx(logp, abs=1e-9)
     assert exact["khat_frac_degenerate"] == 1.0
@@ -300,3 +300,24 @@ def test_default_estimator_and_chains():
     # the chain over the latent z is only part of the −ELBO: the rest is x's likelihood and q(z|x)
     assert res["rest"] != 0.0 and set(res["chains"]) == {"u"}
     assert res["active_units"].keys() == {"z"}
+
+
+@pytest.mark.parametrize("build", [
+    lambda: TopDownHVAE((1, 8, 8), "binary", layers=2, latent_dim=4, hidden=16),
+    lambda: BottomUpHVAE((1, 8, 8), "binary", latent_dims=(4, 2), hidden=16),
+    lambda: VDM((1, 8, 8), "binary", T=4),
+])
+def test_evaluate_scores_under_the_estimator_training_uses(build, digit_data):
+    """One rule (hlvm.estimators.default_estimator) for training and evaluation: a top-down HVAE
+    trains under TraceMeanField_ELBO and is scored under it, with the same value as when the
+    trainer's estimator is passed explicitly (same seed, same draws)."""
+    from hlvm.estimators import default_estimator, make_estimator
+
+    model = build().to(device=DEVICE, dtype=DTYPE)
+    x = _test_x(digit_data, 40)
+    trained_with = make_estimator("auto", model)
+    res = evaluate(model, x, seed=3)
+    assert res["estimator"] == type(trained_with).__name__ == type(default_estimator(model)).__name__
+    assert res["nats"] == evaluate(model, x, elbo=trained_with, seed=3)["nats"]
+    if isinstance(model, TopDownHVAE):
+        assert res["estimator"] == "TraceMeanField_ELBO"

@@ -5,7 +5,7 @@ import pytest
 import torch
 from pyro.infer import TraceMeanField_ELBO
 
-from hlvm.programs.anneal import ScaleLatents, warmup_beta
+from hlvm.training.anneal import ScaleLatents, warmup_beta
 from models import VAE, TopDownHVAE
 
 from conftest import DEVICE
@@ -43,7 +43,7 @@ def test_free_bits_stop_the_gradient_of_a_small_kl():
     """With λ above every layer's KL the objective's gradient is the reconstruction's alone (the
     KL's gradient cancels), and its value is −ELBO + Σ_layers (λ·B − KL_layer); with λ = 0 it is
     TraceMeanField_ELBO."""
-    from hlvm.programs.free_bits import FreeBitsELBO
+    from hlvm.training.free_bits import FreeBitsELBO
 
     pyro.set_rng_seed(0)
     m = TopDownHVAE((1, 8, 8), layers=2, latent_dim=3, hidden=16, merge="residual").to(DEVICE)

@@ -13,7 +13,7 @@ import hlvm
 from hlvm.data import load_dataset
 from hlvm.estimators import default_estimator
 from hlvm.registry import build_model, load_class
-from hlvm.train import TrainConfig, Trainer
+from hlvm.training import TrainConfig, Trainer
 from models import VAE, VDM, BottomUpHVAE, TopDownHVAE
 
 from conftest import DEVICE, ROOT, user_hierarchy_class

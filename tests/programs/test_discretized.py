@@ -13,7 +13,7 @@ import pytest
 import torch
 from pyro.infer import SVI, Trace_ELBO
 
-from hlvm.optim import Adam
+from hlvm.training.optim import Adam
 from hlvm.programs.discretized import DiscretizedGaussian, GridGaussian, grid_values
 from hlvm.programs.normal_cdf import log_bin_mass, log_ndtr
 from hlvm.programs.likelihoods import Discretized8bitLikelihood

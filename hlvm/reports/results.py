@@ -1,6 +1,6 @@
 """``make results``: the zoo trained on full binarized MNIST, set beside the published numbers.
 
-A long job (never part of the tests), resumable: each model trains through :class:`~hlvm.train.Trainer`
+A long job (never part of the tests), resumable: each model trains through :class:`~hlvm.training.Trainer`
 with a checkpoint per epoch, and each finished row is saved to ``results.json`` at once, so
 rerunning continues from the models and rows already done.  One progress line per model per epoch.
 
@@ -100,13 +100,13 @@ def _save_json(path: str, payload: dict) -> None:
 def run_results(profile: str = "cpu", out: str = "docs", runs: str = "runs/results", device: str | None = None,
                 threads: int | None = None, log=print) -> dict:
     """Train and evaluate every row of :data:`ROWS` under ``profile``; write ``out/results.{json,md}``."""
-    from .data import default_binarization, load_dataset
-    from .eval import ParetoKWarning, evaluate
-    from .eval.evaluate import own_bounds
+    from ..data import default_binarization, load_dataset
+    from ..eval import ParetoKWarning, evaluate
+    from ..eval.evaluate import own_bounds
     from .plots import plot_curves, save_grid
-    from .programs.chain import chains_of
-    from .programs.sample import draw
-    from .train import CHECKPOINT, TrainConfig, Trainer
+    from ..programs.chain import chains_of
+    from ..programs.sample import draw
+    from ..training import CHECKPOINT, TrainConfig, Trainer
 
     if profile not in PROFILES:
         raise ValueError(f"unknown results profile {profile!r}; expected one of {sorted(PROFILES)}")
@@ -199,7 +199,7 @@ def write_page(results: dict, profile: str, path: str) -> None:
     order = {name: k for k, (name, *_) in enumerate(ROWS)}
     rows = sorted((r for r in results["rows"] if r.get("profile") == profile), key=lambda r: order.get(r["row"], len(order)))
     lines = [f"# Results on {rows[0]['dataset'] if rows else 'MNIST'} ({profile} profile)", "",
-             "Produced by `make results` (`hlvm.results`); every number is a lower bound on log p(x) of its row's model, "
+             "Produced by `make results` (`hlvm.reports.results`); every number is a lower bound on log p(x) of its row's model, "
              "nats per image (NLL ≤ −bound), from the run named in its row. Protocol: 60,000 training images dynamically "
              "binarized, the 10,000 test images binarized once (seed `MNIST_TEST_SEED`).", "",
              "| row | test ELBO | bits/dim | IWAE (K, images) | PF-ODE bound (images) | k̂ max | active units | epochs | "

@@ -1,5 +1,5 @@
 """The foundation demo: forward-process statistics and analytic KLs on the embedded MNIST subset
-(``python -m hlvm.demo [--batch-size B] [--seed S]``; ``hlvm demo`` is the main job, see
+(``python examples/oracle_tour.py [--batch-size B] [--seed S]``; ``hlvm demo`` is the main job, a different thing: see
 :mod:`hlvm.cli.demo`).
 
 For a batch of binarized MNIST images mapped to x ∈ {−1, 1}, it prints, for each schedule, the
@@ -15,10 +15,10 @@ import math
 
 import torch
 
-from .data import load_dataset
-from .diffusion.gaussian import alpha_sigma, diffusion_kl, pad_gamma, prior_kl
-from .diffusion.oracle import GaussianOracle
-from .diffusion.schedules import CosineSchedule, LinearSchedule
+from hlvm.data import load_dataset
+from hlvm.diffusion.gaussian import alpha_sigma, diffusion_kl, pad_gamma, prior_kl
+from hlvm.diffusion.oracle import GaussianOracle
+from hlvm.diffusion.schedules import CosineSchedule, LinearSchedule
 
 __all__ = ["diffusion_loss", "run_demo", "main"]
 
@@ -80,10 +80,10 @@ def run_demo(batch_size: int = 64, seed: int = 0) -> dict:
 
 
 def main(argv=None) -> None:
-    """``python -m hlvm.demo``: :func:`run_demo` from the command line."""
+    """``python examples/oracle_tour.py``: :func:`run_demo` from the command line."""
     import argparse
 
-    p = argparse.ArgumentParser(prog="python -m hlvm.demo", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python examples/oracle_tour.py", description=__doc__.splitlines()[0])
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)

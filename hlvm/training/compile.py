@@ -172,7 +172,7 @@ class RecordedLoss:
 
     def _give_up(self, why: str):
         self.fallback = why
-        self.log(f"hlvm.compile: {why}; using Pyro's step from here on")
+        self.log(f"hlvm.training.compile: {why}; using Pyro's step from here on")
 
     # -- recording ------------------------------------------------------------------------------
     def _modules(self):

@@ -130,7 +130,7 @@ class _Bar:
 
 
 class RunMonitor:
-    """Progress, metrics file and optional TensorBoard of one :class:`hlvm.train.Trainer` run.
+    """Progress, metrics file and optional TensorBoard of one :class:`hlvm.training.Trainer` run.
 
     :param trainer: the trainer (its ``cfg``, ``step``, ``total_steps``, ``data``, ``optim``, ``model``).
     :param enabled: False on the ranks other than 0 of a data-parallel run: nothing is written.
@@ -214,7 +214,7 @@ def _lr(optim) -> float:
 
 
 def _beta(trainer) -> float:
-    from .programs.anneal import warmup_beta
+    from .anneal import warmup_beta
 
     return float(warmup_beta(trainer.step - 1, trainer.cfg.kl_warmup))
 
@@ -224,7 +224,7 @@ def _sample_grid(trainer, n: int = 16):
     data that are not images."""
     from torchvision.utils import make_grid
 
-    from .programs.sample import draw
+    from ..programs.sample import draw
 
     shape = tuple(trainer.data.shape)
     if len(shape) != 3:

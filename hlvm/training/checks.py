@@ -12,16 +12,16 @@ import os
 
 import torch
 
-from .eval.possible import observed_site
-from .programs.chain import check_T
-from .validate import check_device, check_float, check_int
+from ..eval.possible import observed_site
+from ..programs.chain import check_T
+from ..limits import ESTIMATORS
+from ..validate import check_device, check_float, check_int
 
 __all__ = ["validate_config", "check_compare_options", "prepare_run_folder", "writable_folder", "clean_stale_tmp", "config_changes",
            "check_data_fits", "ALLOWED_ON_RESUME", "MAX_SEED", "MAX_FREE_BITS", "ESTIMATORS", "IWAE_BUDGET"]
 
 #: the largest seed NumPy's generator accepts
 MAX_SEED = 2**32 - 1
-ESTIMATORS = ("auto", "trace", "meanfield", "diffusion")
 #: most chain steps (K × examples × T) of a comparison's IWAE bound of a discrete-time chain:
 #: about 15 minutes on one CPU core (measured: T = 1000, K = 50, 10 examples in 40 s)
 IWAE_BUDGET = 10**7
@@ -43,7 +43,7 @@ def _is_number(v) -> bool:
 
 
 def validate_config(cfg) -> None:
-    """All range checks of a :class:`~hlvm.train.TrainConfig`, in one place (no data is read)."""
+    """All range checks of a :class:`~hlvm.training.TrainConfig`, in one place (no data is read)."""
     check_int("--steps", cfg.steps, 1, optional=True)
     check_int("--epochs", cfg.epochs, 1, optional=True)
     check_int("--batch-size", cfg.batch_size, 1)

@@ -19,14 +19,14 @@ from dataclasses import replace
 
 import torch
 
-from .data import load_dataset
-from .eval.evaluate import ParetoKWarning, evaluate, own_bounds
-from .eval.psis import MIN_KHAT_SAMPLES
-from .run_checks import check_compare_options, writable_folder
-from .train import EvaluationFailed, TrainConfig, Trainer, WARMUP_STEPS
-from .programs.sample import draw
-from .registry import accepts, load_class
-from .report_files import files_section
+from ..data import load_dataset
+from ..eval.evaluate import ParetoKWarning, evaluate, own_bounds
+from ..eval.psis import MIN_KHAT_SAMPLES
+from ..training.checks import check_compare_options, writable_folder
+from ..training import EvaluationFailed, TrainConfig, Trainer, WARMUP_STEPS
+from ..programs.sample import draw
+from ..registry import accepts, load_class
+from .files import files_section
 
 __all__ = ["run_compare", "format_table"]
 
@@ -57,7 +57,7 @@ def run_compare(models: list[str], base: TrainConfig, out: str, K: int = 50, iwa
     model's training names its checkpoint).  The runs of an earlier report in ``out`` are replaced.
 
     ``sec_per_epoch`` is the training throughput after warm-up: the first
-    :data:`~hlvm.train.WARMUP_STEPS` steps (allocation, caches, compilation) and the periodic
+    :data:`~hlvm.training.WARMUP_STEPS` steps (allocation, caches, compilation) and the periodic
     evaluations are left out.
     """
     check_options(models, base, out, K, iwae_examples, eval_examples, pfode_examples, pfode_samples)
@@ -173,7 +173,7 @@ def _figures(model, tag, data, trainer, seed, out, render, log) -> list[str]:
                 files.append(save_grid(pair, os.path.join(out, f"reconstructions_{tag}.png"), data.kind, nrow=16))
     if render:
         try:
-            from .graph import render_module
+            from ..graph import render_module
 
             path = os.path.join(out, f"diagram_{tag}.png")
             render_module(model, path)

@@ -2,7 +2,7 @@
 
 A checkpoint is written to a temporary file ``.<name>.tmp-<pid>`` in the same folder, flushed and
 renamed over the old one: a write killed mid-way leaves the last checkpoint loadable (and
-:func:`hlvm.run_checks.clean_stale_tmp` removes the leftover temporary file later).
+:func:`hlvm.training.checks.clean_stale_tmp` removes the leftover temporary file later).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import torch
 __all__ = ["CHECKPOINT", "save_checkpoint", "load_checkpoint", "load_run_checkpoint", "rng_state", "set_rng_state"]
 
 CHECKPOINT = "checkpoint.pt"
-#: the keys every checkpoint of a :class:`~hlvm.train.Trainer` has
+#: the keys every checkpoint of a :class:`~hlvm.training.Trainer` has
 _RUN_KEYS = ("version", "config", "model", "optim", "rng", "gen", "step")
 
 
@@ -49,7 +49,7 @@ def load_checkpoint(path: str, map_location="cpu") -> dict:
 
 
 def load_run_checkpoint(path: str, map_location="cpu") -> dict:
-    """Read a checkpoint written by :class:`~hlvm.train.Trainer` (ValueError if it is not one)."""
+    """Read a checkpoint written by :class:`~hlvm.training.Trainer` (ValueError if it is not one)."""
     ck = load_checkpoint(path, map_location)
     missing = [k for k in _RUN_KEYS if not isinstance(ck, dict) or k not in ck]
     if missing:

@@ -1,0 +1,148 @@
+"""One torch optimizer over every parameter that SVI captures.
+
+``pyro.optim.Adam`` wraps *one* ``torch.optim.Adam`` per parameter tensor and steps them one by one
+(a Python-level ``Optimizer.step`` per tensor: 34 of them for VDM's default MLP denoiser), and
+``pyro.infer.SVI`` then replaces every gradient by a fresh zero tensor that the next backward
+accumulates into.  :class:`SingleOptim` keeps SVI's contract — it is called with the parameters
+captured in the step, and parameters first seen later join as a new param group — but steps them all
+in one call, as a plain ``torch.optim.Adam(model.parameters())`` would, and frees the gradients
+afterwards (``zero_grad(set_to_none=True)``), so SVI's zeroing has nothing left to do.  The updates
+are identical to ``pyro.optim.Adam``'s (Adam is elementwise); ``benchmarks/step_overhead.py``
+measures what this saves.
+
+Example::
+
+    svi = SVI(model.model, model.guide, hlvm.training.optim.Adam({"lr": 1e-3}), DiffusionELBO())
+
+.. warning:: Per-parameter optimizer arguments (a callable ``optim_args``) and Pyro's per-parameter
+    ``clip_args`` are not supported; ``clip_norm`` clips the global gradient norm instead.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import pyro
+import torch
+from pyro.optim import PyroOptim
+
+__all__ = ["SingleOptim", "Adam", "AdamW"]
+
+
+class SingleOptim(PyroOptim):
+    """A :class:`~pyro.optim.PyroOptim` with a single ``torch.optim`` optimizer for all parameters.
+
+    :param optim_constructor: a ``torch.optim.Optimizer`` class.
+    :param dict optim_args: its keyword arguments (``lr``, ``betas``, ...).
+    :param float clip_norm: clip the global gradient norm before each step (optional).
+    :param float skip_norm: skip the update (VDVAE's "update skipping", Child 2021) when the global
+        gradient norm, before clipping, exceeds this or is not finite (optional); ``skipped`` counts them.
+
+    ``last_grad_norm`` holds the global gradient norm of the last step when clipping or skipping
+    (a caller that computes it anyway, like hlvm's Trainer, may set it for the other steps).
+
+    .. warning:: A fixed ``skip_norm`` must lie above the gradient norms of the first steps, which
+        are larger than later ones; set too low, every update is skipped and nothing trains.
+
+    Its state (:meth:`get_state`) names the parameters of each param group by their param-store
+    names, so a checkpoint restores onto a fresh model whatever order SVI captures them in.
+    """
+
+    def __init__(self, optim_constructor: Callable, optim_args: dict | None = None, clip_norm: float | None = None,
+                 skip_norm: float | None = None):
+        optim_args = {} if optim_args is None else optim_args
+        if not isinstance(optim_args, dict):
+            raise ValueError(f"optim_args must be a dict of keyword arguments, got {type(optim_args).__name__}")
+        if clip_norm is not None and not clip_norm > 0:
+            raise ValueError(f"clip_norm must be positive, got {clip_norm}")
+        if skip_norm is not None and not skip_norm > 0:
+            raise ValueError(f"skip_norm must be positive, got {skip_norm}")
+        super().__init__(optim_constructor, optim_args)
+        self.clip_norm, self.skip_norm = clip_norm, skip_norm
+        self.skipped, self.last_grad_norm = 0, float("nan")  # updates skipped (gradient norm above skip_norm)
+        self.optim = None  # the torch optimizer, built on the first call
+        self._groups: list[list[str]] = []  # param-store names of each param group
+        self._members: set = set()
+        self._pending = None  # a state loaded before the first call
+
+    def _name(self, p: torch.Tensor, k: int) -> str:
+        name = pyro.get_param_store().param_name(p)
+        return name if name is not None else f"<unnamed {k}>"
+
+    def _add(self, params) -> None:
+        named = sorted(((self._name(p, k), p) for k, p in enumerate(params)), key=lambda np_: np_[0])
+        if self._pending is not None and self.optim is None:
+            saved = [n for group in self._pending["groups"] for n in group]
+            by_name = dict(named)
+            missing = [n for n in saved if n not in by_name]
+            if missing:
+                raise ValueError(f"optimizer state names parameters that this step did not capture: {missing[:3]}")
+            groups = [[by_name[n] for n in group] for group in self._pending["groups"]]
+            self.optim = self.pt_optim_constructor([{"params": g} for g in groups], **self.pt_optim_args)
+            self.optim.load_state_dict(self._pending["optim"])
+            self._groups = [list(g) for g in self._pending["groups"]]
+            self._members.update(p for g in groups for p in g)
+            self._pending = None
+            named = [(n, p) for n, p in named if p not in self._members]
+            if not named:
+                return
+        group = {"params": [p for _, p in named]}
+        if self.optim is None:
+            self.optim = self.pt_optim_constructor([group], **self.pt_optim_args)
+        else:
+            self.optim.add_param_group(group)
+        self._groups.append([n for n, _ in named])
+        self._members.update(p for _, p in named)
+
+    def __call__(self, params, *args, **kwargs) -> None:
+        """One optimizer step over ``params`` (an iterable of unconstrained parameters)."""
+        params = list(params)
+        new = [p for p in params if p not in self._members]
+        if new:
+            self._add(new)
+        grads = [p for p in params if p.grad is not None]
+        if self.skip_norm is not None or self.clip_norm is not None:
+            norm = torch.nn.utils.clip_grad_norm_(grads, self.clip_norm if self.clip_norm is not None else float("inf"))
+            self.last_grad_norm = float(norm)
+            if self.skip_norm is not None and not float(norm) <= self.skip_norm:  # VDVAE's update skipping (also NaN)
+                self.skipped += 1
+                self.optim.zero_grad(set_to_none=True)
+                return
+        self.optim.step(*args, **kwargs)
+        self.optim.zero_grad(set_to_none=True)
+
+    def get_state(self) -> dict:
+        """The torch optimizer's state dict with the param-store names of each group."""
+        if self.optim is None:
+            return self._pending or {"groups": [], "optim": None}
+        return {"groups": [list(g) for g in self._groups], "optim": self.optim.state_dict()}
+
+    def set_state(self, state: dict) -> None:
+        """Load a state from :meth:`get_state` (now, or on the first step if none was taken yet)."""
+        if not isinstance(state, dict) or "groups" not in state:
+            raise ValueError("not a SingleOptim state (expected keys 'groups' and 'optim'); "
+                             "was the checkpoint written with pyro.optim's per-parameter optimizers?")
+        if state["optim"] is None:
+            return
+        if self.optim is None:
+            self._pending = state
+            return
+        if state["groups"] != self._groups:
+            raise ValueError("optimizer state's parameter groups do not match this optimizer's")
+        self.optim.load_state_dict(state["optim"])
+
+    def save(self, filename: str) -> None:
+        torch.save(self.get_state(), filename)
+
+    def load(self, filename: str, map_location=None) -> None:
+        self.set_state(torch.load(filename, map_location=map_location, weights_only=False))
+
+
+def Adam(optim_args: dict | None = None, clip_norm: float | None = None, skip_norm: float | None = None) -> SingleOptim:
+    """``torch.optim.Adam`` over all parameters, for :class:`pyro.infer.SVI` (cf. ``pyro.optim.Adam``)."""
+    return SingleOptim(torch.optim.Adam, optim_args, clip_norm, skip_norm)
+
+
+def AdamW(optim_args: dict | None = None, clip_norm: float | None = None, skip_norm: float | None = None) -> SingleOptim:
+    """``torch.optim.AdamW`` over all parameters, for :class:`pyro.infer.SVI`."""
+    return SingleOptim(torch.optim.AdamW, optim_args, clip_norm, skip_norm)
