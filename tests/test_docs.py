@@ -181,14 +181,50 @@ def _section(text: str, heading: str) -> str:
 
 
 def _unmatched(quoted: list[str], source: list[str]) -> list[str]:
-    """The quoted numbers that no number of the source equals at the quoted precision."""
+    """The quoted numbers that no number of the source equals, sign included, at the quoted precision."""
     values = [float(s) for s in source]
     out = []
     for q in quoted:
         half = 0.5 * 10 ** -(len(q.split(".")[1]) if "." in q else 0) + 1e-9
-        if not any(abs(abs(v) - abs(float(q))) <= half for v in values):
+        if not any(abs(v - float(q)) <= half for v in values):
             out.append(q)
     return out
+
+
+def test_unmatched_keeps_sign_and_precision():
+    assert _unmatched(["-101.07", "0.26"], ["-101.07", "0.261"]) == []
+    assert _unmatched(["101.07"], ["-101.07"]) == ["101.07"]  # a bound quoted with the wrong sign
+    assert _unmatched(["-101.1"], ["-101.07"]) == [] and _unmatched(["-101.10"], ["-101.07"]) == ["-101.10"]
+
+
+def _table_rows(text: str) -> list[list[str]]:
+    """The cells of every body row of the Markdown tables of ``text`` (header and rule rows left out)."""
+    lines = [ln for ln in text.splitlines() if ln.startswith("|")]
+    rows = []
+    for i, ln in enumerate(lines):
+        cells = [c.strip() for c in ln.strip("|").split("|")]
+        if set(ln) <= set("|-: ") or (i + 1 < len(lines) and set(lines[i + 1]) <= set("|-: ")):
+            continue
+        rows.append(cells)
+    return rows
+
+
+def _row_not_on_one_line(cells: list[str], page: str) -> bool:
+    """Whether no single line of ``page`` holds every number of a README row's result cells
+    (the first cell, the row's name, may hold settings such as "T = 1000")."""
+    quoted = numbers(" | ".join(cells[1:]))
+    return bool(quoted) and all(_unmatched(quoted, numbers(line)) for line in page.splitlines())
+
+
+def test_results_rows_stay_in_their_rows():
+    """A number of the README's results table is found in the same row of docs/results.md: the
+    bounds of one model are never quoted in another model's row."""
+    page = (ROOT / "docs/results.md").read_text()
+    rows = _table_rows(_section((ROOT / "README.md").read_text(), "## Results at scale"))
+    assert len(rows) >= 4
+    assert [r[0] for r in rows if _row_not_on_one_line(r, page)] == []
+    # the check can fail: one model's ELBO beside another model's IWAE is on no single line
+    assert _row_not_on_one_line([rows[0][0], rows[0][1], rows[1][2]], page)
 
 
 #: numbers of a section that are not results: (number, why)
