@@ -76,9 +76,12 @@ def loss_variance(vdm, y, draws, kind):
     """Variance over ``draws`` of the per-batch mean diffusion term (nats per image)."""
     chain = chains_of(vdm)[0]
     sampler = hlvm.TimestepSampler(kind, None)
-    values = torch.stack([diffusion_bound(chain.denoiser, chain.schedule, chain.likelihood, None, y, sampler=sampler).diffusion.mean()
-                          for _ in range(draws)])
-    return float(values.var())
+    values = []
+    for _ in range(draws):
+        terms = diffusion_bound(chain.denoiser, chain.schedule, chain.likelihood, None, y, sampler=sampler)
+        sampler.update(terms.t, terms.per_t)  # the importance sampler's history (a no-op for the others)
+        values.append(terms.diffusion.mean())
+    return float(torch.stack(values).var())
 
 
 def measure(vdm, schedule, objective, data, args, device):

@@ -56,6 +56,35 @@ class _SharedTransition(nn.Module):
         return self.net(torch.cat([z, onehot], dim=-1))  # (B, dim + L) -> (μ, σ)
 
 
+def _check_options(data_shape, layers, hidden, depth, merge, posterior, transition, gamma_min, gamma_max) -> None:
+    """ValueError for sizes, names or combinations TopDownHVAE does not build."""
+    check_sizes(data_shape, layers=(layers, 1), hidden=(hidden, 1), depth=(depth, 0))
+    if posterior == "diffusion":
+        check_gamma_range(gamma_min, gamma_max)
+    for arg, value, allowed in (("merge", merge, ("precision", "residual")), ("posterior", posterior, ("learned", "diffusion")),
+                                ("transition", transition, ("gaussian", "denoiser"))):
+        if value not in allowed:
+            raise ValueError(f"unknown {arg} {value!r}; expected one of {list(allowed)}")
+    if transition == "denoiser" and posterior != "diffusion":
+        raise ValueError("transition='denoiser' needs posterior='diffusion' (the denoiser acts on data-space latents)")
+
+
+def _latent_dims(latent_dim, layers: int, data_dim: int | None, shared: bool) -> tuple:
+    """Each layer's latent size: the data's (``data_dim``, diffusion posterior), ``latent_dim`` for all,
+    or one per layer."""
+    if data_dim is not None:
+        dims = (data_dim,) * layers
+    elif isinstance(latent_dim, int):
+        dims = (check_int("latent_dim", latent_dim, 1),) * layers
+    else:
+        dims = tuple(check_int(f"latent_dim[{i}]", v, 1) for i, v in enumerate(latent_dim))
+        if len(dims) != layers:
+            raise ValueError(f"latent_dim has {len(dims)} entries but layers={layers}")
+    if shared and len(set(dims)) != 1:
+        raise ValueError("shared=True needs the same latent size in every layer")
+    return dims
+
+
 class TopDownHVAE(PyroModule):
     """Sites ``z_L`` … ``z_1`` and ``x`` (model and guide), and ``d_1`` … ``d_L`` (guide, learned posterior)."""
 
@@ -64,50 +93,39 @@ class TopDownHVAE(PyroModule):
                  posterior: str = "learned", transition: str = "gaussian", schedule="linear",
                  gamma_min: float = -6.0, gamma_max: float = 6.0):
         super().__init__()
-        check_sizes(data_shape, layers=(layers, 1), hidden=(hidden, 1), depth=(depth, 0))
-        if posterior == "diffusion":
-            check_gamma_range(gamma_min, gamma_max)
-        for arg, value, allowed in (("merge", merge, ("precision", "residual")), ("posterior", posterior, ("learned", "diffusion")),
-                                    ("transition", transition, ("gaussian", "denoiser"))):
-            if value not in allowed:
-                raise ValueError(f"unknown {arg} {value!r}; expected one of {list(allowed)}")
-        if transition == "denoiser" and posterior != "diffusion":
-            raise ValueError("transition='denoiser' needs posterior='diffusion' (the denoiser acts on data-space latents)")
+        _check_options(data_shape, layers, hidden, depth, merge, posterior, transition, gamma_min, gamma_max)
         self.data_shape = tuple(data_shape)
         self.likelihood = resolve_likelihood(likelihood, self.data_shape)
         d = flat_dim(self.data_shape)
         self.L, self.merge, self.shared, self.posterior, self.transition = layers, merge, shared, posterior, transition
-        if posterior == "diffusion":
-            dims = (d,) * layers
-        elif isinstance(latent_dim, int):
-            dims = (check_int("latent_dim", latent_dim, 1),) * layers
-        else:
-            dims = tuple(check_int(f"latent_dim[{i}]", v, 1) for i, v in enumerate(latent_dim))
-            if len(dims) != layers:
-                raise ValueError(f"latent_dim has {len(dims)} entries but layers={layers}")
-        if shared and len(set(dims)) != 1:
-            raise ValueError("shared=True needs the same latent size in every layer")
-        self.latent_dims = dims
+        self.latent_dims = dims = _latent_dims(latent_dim, layers, d if posterior == "diffusion" else None, shared)
         self.decoder = mlp(dims[0], d * self.likelihood.decoder_channels, hidden, depth)
+        self._build_transitions(d, hidden, depth, (gamma_min, gamma_max))
+        if posterior == "diffusion":
+            self.schedule = schedule if isinstance(schedule, NoiseSchedule) else make_schedule(schedule, gamma_min, gamma_max)
+        else:
+            self._build_learned_posterior(d, hidden, depth)
 
-        # generative transitions p(z_l | z_{l+1}), l = 1..L-1
-        if transition == "denoiser":
-            make = lambda: Denoiser(MLPBackbone((d,), hidden, 2, gamma_range=(gamma_min, gamma_max)), "eps")
-            self.denoisers = nn.ModuleList([make()] if shared else [make() for _ in range(layers - 1)])
-        elif shared:
+    def _build_transitions(self, d, hidden, depth, gamma_range):
+        """The generative transitions p(z_l | z_{l+1}), l = 1..L−1: denoisers, one shared layer, or one per level."""
+        layers, dims = self.L, self.latent_dims
+        if self.transition == "denoiser":
+            make = lambda: Denoiser(MLPBackbone((d,), hidden, 2, gamma_range=gamma_range), "eps")  # noqa: E731
+            self.denoisers = nn.ModuleList([make()] if self.shared else [make() for _ in range(layers - 1)])
+        elif self.shared:
             self.shared_transition = _SharedTransition(dims[0], layers, hidden, depth)
         else:
             self.transitions = nn.ModuleList(GaussianLayer(dims[l], dims[l - 1], hidden, depth) for l in range(1, layers))
 
-        if posterior == "diffusion":
-            self.schedule = schedule if isinstance(schedule, NoiseSchedule) else make_schedule(schedule, gamma_min, gamma_max)
+    def _build_learned_posterior(self, d, hidden, depth):
+        """The guide's networks: the bottom-up pass, q(z_L | x), and per level a message or a residual."""
+        layers, dims = self.L, self.latent_dims
+        self.up = nn.ModuleList([mlp(d, hidden, hidden, depth)] + [mlp(hidden, hidden, hidden, depth) for _ in range(1, layers)])
+        self.q_top = GaussianLayer(hidden, dims[-1], hidden, depth)
+        if self.merge == "precision":
+            self.messages = nn.ModuleList(GaussianLayer(hidden, dims[l - 1], hidden, depth) for l in range(1, layers))
         else:
-            self.up = nn.ModuleList([mlp(d, hidden, hidden, depth)] + [mlp(hidden, hidden, hidden, depth) for _ in range(1, layers)])
-            self.q_top = GaussianLayer(hidden, dims[-1], hidden, depth)
-            if merge == "precision":
-                self.messages = nn.ModuleList(GaussianLayer(hidden, dims[l - 1], hidden, depth) for l in range(1, layers))
-            else:
-                self.residuals = nn.ModuleList(GaussianLayer(hidden + dims[l], dims[l - 1], hidden, depth) for l in range(1, layers))
+            self.residuals = nn.ModuleList(GaussianLayer(hidden + dims[l], dims[l - 1], hidden, depth) for l in range(1, layers))
 
     # ------------------------------------------------------------------ pieces
     def _levels(self, ref):

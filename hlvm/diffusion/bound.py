@@ -13,6 +13,12 @@ For a diffusion chain with likelihood p(y | z_0) and shared denoiser ε̂θ,
 w(λ_t), λ = −γ, gives Kingma & Gao's (2023) weighted loss ½ E[w(λ) γ' ‖ε − ε̂‖²] — an ELBO only for
 w ≡ 1.  Every timestep of a batch goes through ONE denoiser call, so the cost does not depend on T.
 
+The pieces, each one function: :func:`diffusion_term` (the term in the paper's symbols, discrete
+and continuous time side by side), :func:`weighted_term` (w(λ)), :func:`variance_gradient` (the
+variance objective of a learned schedule, a gradient transform: VDM App. I.1), assembled by
+:func:`diffusion_loss` at sampled times and by :func:`diffusion_bound` with the prior and
+reconstruction terms.
+
 Plain torch: the denoiser is any :class:`~hlvm.diffusion.denoiser.XPredictor`, the likelihood
 anything with ``to_model_space``, ``observe``, ``from_z0`` and ``event_shape``
 (:mod:`hlvm.programs.likelihoods`).  :class:`hlvm.DiffusionELBO` calls :func:`diffusion_bound`
@@ -26,8 +32,11 @@ from dataclasses import dataclass
 import torch
 
 from .gaussian import alpha_sigma, pad_gamma, prior_kl
+from .schedules import InteriorSchedule
+from .timesteps import TimestepSampler
 
-__all__ = ["BoundTerms", "diffusion_bound", "diffusion_loss", "prior_loss", "reconstruction_loss", "exact_times"]
+__all__ = ["BoundTerms", "diffusion_term", "weighted_term", "variance_gradient", "diffusion_loss", "diffusion_bound",
+           "prior_loss", "reconstruction_loss", "exact_times"]
 
 
 @dataclass(frozen=True)
@@ -75,62 +84,85 @@ def prior_loss(likelihood, schedule, y: torch.Tensor) -> torch.Tensor:
     return prior_kl(x, g_1, event_dims=len(likelihood.event_shape))
 
 
-def _eps_error(denoiser, x, g_t, dg_t, generator=None) -> torch.Tensor:
-    """‖ε − ε̂θ(z_t; γ_t)‖² at z_t = α_t x + σ_t ε, per row (N,)."""
+def diffusion_term(eps: torch.Tensor, eps_hat: torch.Tensor, *, T: int | None = None, g_t=None, g_s=None,
+                   dg_t=None) -> torch.Tensor:
+    """One draw of the diffusion loss per example (N,), from ε and ε̂θ(z_t; γ_t) of shape (N, ...):
+
+    * discrete time (VDM eq. 13, mean over i ∼ U{1..T} gives L_T):  ½ T expm1(γ_t − γ_s) ‖ε − ε̂‖²
+    * continuous time (VDM eq. 17, mean over t ∼ U(0, 1) gives L_∞):  ½ γ'(t) ‖ε − ε̂‖²
+
+    ``T=None`` is continuous time (``dg_t`` = γ'(t) needed), else ``g_t``, ``g_s`` = γ(t), γ(t − 1/T).
+    """
+    mse = (eps - eps_hat).pow(2).flatten(1).sum(-1)  # ‖ε − ε̂‖²: (N, ...) -> (N,)
+    if T is None:
+        return 0.5 * dg_t * mse
+    return 0.5 * T * torch.expm1(g_t - g_s) * mse
+
+
+def weighted_term(term: torch.Tensor, g_t: torch.Tensor, weighting=None) -> torch.Tensor:
+    """w(λ_t) · term with λ = −γ_t (Kingma & Gao 2023, eq. 7; :mod:`~hlvm.diffusion.weighting`);
+    ``weighting=None`` is w ≡ 1, the ELBO."""
+    return term if weighting is None else weighting(-g_t) * term
+
+
+def variance_gradient(term: torch.Tensor, interior) -> torch.Tensor:
+    """The variance objective as a gradient transform: the schedule interior's backward pass × 2L.
+
+    E[L] depends on a schedule only through its endpoints, E[L²] also on its interior η; since
+    ∂L²/∂η = 2L ∂L/∂η, the interior minimises the Monte Carlo variance of the continuous-time loss
+    when the gradient reaching it is scaled by 2·term, per draw, while the endpoints (and the
+    denoiser) keep the ELBO's gradient (Kingma et al. 2021, §5, App. I.1).  ``interior``: the
+    tensors frac(t), frac'(t) of :meth:`~hlvm.diffusion.schedules.InteriorSchedule.parts` that
+    ``term`` was computed from; each gets a backward hook.  Returns ``term``, its value unchanged.
+    """
+    scale = 2 * term.detach()  # ∂(L²)/∂L, per draw: (N,)
+    for part in interior:
+        if part.requires_grad:
+            part.register_hook(lambda grad: grad * scale)
+    return term
+
+
+def _levels(schedule, t, T, needs_dg: bool, variance_schedule: bool):
+    """(γ_t, γ'(t) or None, the interior tensors the variance objective scales: () unless it is on)."""
+    if not variance_schedule:
+        return schedule.gamma(t), (schedule.dgamma_dt(t) if needs_dg else None), ()
+    if T is not None:
+        raise ValueError(f"the variance objective is for continuous time (VDM App. I.1), not T={T}: in discrete "
+                         "time the bound itself depends on the schedule's interior")
+    if not isinstance(schedule, InteriorSchedule):
+        raise ValueError(f"the variance objective trains a schedule's learned interior ('learned-net', 'learned-density'); "
+                         f"{type(schedule).__name__} has none (its only parameters, if any, are endpoints, which follow "
+                         "the ELBO): use schedule_objective='elbo'")
+    g0, gap, frac, dfrac = schedule.parts(t)
+    return g0 + gap * frac, gap * dfrac, (frac, dfrac)
+
+
+def _predict_eps(denoiser, x, g_t, dg_t, generator=None, eps=None):
+    """(ε, ε̂θ(z_t; γ_t)) at z_t = α_t x + σ_t ε, ε ∼ N(0, I) unless given; x (N, ...), γ_t (N,)."""
     alpha_t, sigma_t = alpha_sigma(pad_gamma(g_t, x))  # (N, 1, ..., 1)
-    eps = torch.randn(x.shape, dtype=x.dtype, device=x.device, generator=generator)
+    if eps is None:
+        eps = torch.randn(x.shape, dtype=x.dtype, device=x.device, generator=generator)
     z_t = alpha_t * x + sigma_t * eps
-    eps_hat = denoiser.eps_hat(z_t, g_t, dg_t)
-    return (eps - eps_hat).pow(2).flatten(1).sum(-1)  # (N, ...) -> (N,)
-
-
-class _GradTimes(torch.autograd.Function):
-    """Identity forward; backward multiplies the gradient by ``box["scale"]`` (filled in later)."""
-
-    @staticmethod
-    def forward(ctx, x, box):
-        ctx.box = box
-        return x.view_as(x)
-
-    @staticmethod
-    def backward(ctx, grad):
-        return grad * ctx.box["scale"], None
+    return eps, denoiser.eps_hat(z_t, g_t, dg_t)
 
 
 def diffusion_loss(denoiser, schedule, T: int | None, x: torch.Tensor, t: torch.Tensor, weighting=None,
-                   generator=None, variance_schedule: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+                   generator=None, variance_schedule: bool = False, eps: torch.Tensor | None = None
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
     """The diffusion term at times t: ``(term, weighted)``, each (N,), for x (N, ...) in model space.
 
-    term = ½ T expm1(γ_t − γ_s) ‖ε − ε̂‖² (discrete; its mean over i ∼ U{1..T} is L_T) or
-    ½ γ'(t) ‖ε − ε̂‖² (continuous); ``weighted`` multiplies it by w(λ_t) (same when w is None).
-
-    ``variance_schedule`` (continuous time, a schedule with ``parts``): the schedule's *interior*
-    receives the gradient of Σ term² instead of Σ term — 2·term times the ELBO gradient, per draw —
-    so that it minimises the Monte Carlo variance of the estimator while its endpoints, on which the
-    expectation alone depends, follow the ELBO (Kingma et al. 2021, §5 and App. I.1).
+    ``term`` is :func:`diffusion_term` at z_t ∼ q(z_t | x) (ε drawn, or ``eps``), ``weighted`` is
+    :func:`weighted_term` (the same tensor when ``weighting`` is None).  ``variance_schedule``
+    (continuous time, an :class:`~hlvm.diffusion.schedules.InteriorSchedule`): the schedule's
+    interior gets the gradient of Σ term² instead of Σ term (:func:`variance_gradient`); any other
+    schedule, or discrete time, is refused with a ValueError.
     """
-    box = None
-    if variance_schedule and T is None:
-        if not hasattr(schedule, "parts"):
-            raise ValueError(f"the variance objective needs a schedule with a learned interior ('learned-net', 'learned-density'), "
-                             f"not {type(schedule).__name__}")
-        box = {"scale": None}
-        g0, gap, frac, dfrac = schedule.parts(t)
-        g_t = g0 + gap * _GradTimes.apply(frac, box)  # (N,)
-        dg_t = gap * _GradTimes.apply(dfrac, box)
-    else:
-        g_t = schedule.gamma(t)  # (N,)
-        needs_dg = T is None or getattr(denoiser, "needs_dgamma", False)
-        dg_t = schedule.dgamma_dt(t) if needs_dg else None
-    err = _eps_error(denoiser, x, g_t, dg_t, generator)
-    if box is not None:
-        box["scale"] = 2 * (0.5 * dg_t * err).detach()  # ∂(term²)/∂term, read when backward runs
-    if T is None:
-        term = 0.5 * dg_t * err
-    else:
-        g_s = schedule.gamma(t - 1.0 / T)
-        term = 0.5 * T * torch.expm1(g_t - g_s) * err
-    return term, (term if weighting is None else weighting(-g_t) * term)
+    needs_dg = T is None or getattr(denoiser, "needs_dgamma", False)
+    g_t, dg_t, interior = _levels(schedule, t, T, needs_dg, variance_schedule)  # (N,) each
+    eps, eps_hat = _predict_eps(denoiser, x, g_t, dg_t, generator, eps)
+    g_s = None if T is None else schedule.gamma(t - 1.0 / T)
+    term = variance_gradient(diffusion_term(eps, eps_hat, T=T, g_t=g_t, g_s=g_s, dg_t=dg_t), interior)
+    return term, weighted_term(term, g_t, weighting)
 
 
 def exact_times(T: int | None, nodes: int, like: torch.Tensor, batch: int) -> torch.Tensor:
@@ -164,8 +196,9 @@ def _exact_diffusion(denoiser, schedule, T, x, nodes, weighting, max_batch):
         xx = x.repeat((n,) + (1,) * (x.dim() - 1))  # (n·B, ...), node-major
         if in_gamma:
             g = g_lo + (g_hi - g_lo) * pp.reshape(-1)  # (n·B,)
-            term = 0.5 * (g_hi - g_lo) * _eps_error(denoiser, xx, g, None)
-            weighted = term if weighting is None else weighting(-g) * term
+            eps, eps_hat = _predict_eps(denoiser, xx, g, None)
+            term = diffusion_term(eps, eps_hat, dg_t=g_hi - g_lo)  # dγ/dγ-position = γ_1 − γ_0
+            weighted = weighted_term(term, g, weighting)
         else:
             term, weighted = diffusion_loss(denoiser, schedule, T, xx, pp.reshape(-1), weighting)  # (n, B) -> (n·B,)
         parts.append(weighted.view(n, b))
@@ -183,10 +216,13 @@ def diffusion_bound(denoiser, schedule, likelihood, T: int | None, y: torch.Tens
     """The per-example bound of y (B, ...) under the chain (denoiser, schedule, likelihood, T).
 
     Monte Carlo over time: ``num_t`` draws per example from ``sampler(n, device, dtype) → (t, w)``
-    (importance weights w; :class:`~hlvm.diffusion.timesteps.TimestepSampler`), all in one
-    denoiser call.  ``exact``: the mean over all T steps, or in continuous time ``nodes``
+    (importance weights w; default an antithetic :class:`~hlvm.diffusion.timesteps.TimestepSampler`),
+    all in one denoiser call.  ``exact``: the mean over all T steps, or in continuous time ``nodes``
     stratified nodes in γ with per-example offsets (:func:`_exact_diffusion`), in chunks of at
     most ``max_batch`` rows.  ``variance_schedule``: see :func:`diffusion_loss`.
+
+    The bound does not touch the sampler's state: an importance sampler's owner records the drawn
+    terms itself, ``sampler.update(terms.t, terms.per_t)``.
     """
     x = likelihood.to_model_space(y)
     b = y.shape[0]
@@ -195,10 +231,9 @@ def diffusion_bound(denoiser, schedule, likelihood, T: int | None, y: torch.Tens
     if exact:
         diffusion, positions, per_t, var = _exact_diffusion(denoiser, schedule, T, x, nodes, weighting, max_batch)
         return BoundTerms(reconstruction, prior, diffusion, positions, per_t, var)
+    sampler = TimestepSampler("antithetic", T) if sampler is None else sampler
     t, w = sampler(b * num_t, device=x.device, dtype=x.dtype)
     xx = x.repeat((num_t,) + (1,) * (x.dim() - 1))  # (num_t·B, ...)
     term, weighted = diffusion_loss(denoiser, schedule, T, xx, t, weighting, variance_schedule=variance_schedule)
-    if hasattr(sampler, "update"):
-        sampler.update(t, term)
-    diffusion = (w * weighted).view(num_t, b).mean(0)
+    diffusion = (w * weighted).view(num_t, b).mean(0)  # (num_t·B,) -> (B,)
     return BoundTerms(reconstruction, prior, diffusion, t.detach(), term.detach())

@@ -119,23 +119,22 @@ def ode_log_density(denoiser, schedule, z_0: torch.Tensor, *, exact: bool | None
 def pf_ode_bound(denoiser, schedule, likelihood, y: torch.Tensor, samples: int = 1, **ode_options) -> dict:
     """Per-example bound on log p(y) through the decoder p(y | z_0), with z_0 ∼ q(z_0 | y)
     (``samples`` draws averaged).  Returns ``bound`` (B,), ``se`` (B,) — the standard error of the
-    average over draws (and Hutchinson probes); NaN for a single draw —, ``nfe`` (mean per solve)
-    and ``seconds``."""
+    average over draws, from their spread, which already contains the Hutchinson probes' noise
+    (fresh probes per draw); NaN for a single draw —, ``nfe`` (mean per solve) and ``seconds``."""
     x = likelihood.to_model_space(y)
     g_0 = schedule.gamma(torch.zeros((), dtype=x.dtype, device=x.device))
     alpha_0, sigma_0 = alpha_sigma(g_0)
-    values, probe_var, nfe, seconds = [], torch.zeros(y.shape[0], dtype=x.dtype, device=x.device), 0, 0.0
+    values, nfe, seconds = [], 0, 0.0
     for _ in range(samples):
         z_0 = alpha_0 * x + sigma_0 * torch.randn_like(x)
         log_q = torch.distributions.Normal(alpha_0 * x, sigma_0.expand_as(x)).log_prob(z_0).flatten(1).sum(-1)
         log_lik = likelihood.from_z0(z_0, g_0).log_prob(likelihood.observe(y))
         ode = ode_log_density(denoiser, schedule, z_0, **ode_options)
         values.append(ode.log_density + log_lik - log_q)
-        probe_var = probe_var + ode.se.pow(2)
         nfe, seconds = nfe + ode.nfe, seconds + ode.seconds
     v = torch.stack(values)  # (samples, B)
-    if samples > 1:
-        se = (v.var(0) / samples + probe_var / samples**2).sqrt()
+    if samples > 1:  # each draw has its own z_0 and its own probes: their spread holds both noises
+        se = (v.var(0) / samples).sqrt()
     else:  # one draw of z_0: its noise cannot be estimated
         se = torch.full_like(v[0], float("nan"))
     return {"bound": v.mean(0), "se": se, "nfe": nfe / samples, "seconds": seconds}

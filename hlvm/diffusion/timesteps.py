@@ -1,7 +1,8 @@
 """Timestep samplers for the Monte Carlo diffusion term: uniform, antithetic, importance.
 
-Each returns ``(t, weight)`` for a batch: t ∈ (0, 1] (continuous) or t = i/T with i ∈ {1..T}
-(discrete), and importance weights such that E[weight · term(t)] equals the uniform average —
+Each returns ``(t, weight)`` for a batch: t ∈ [0, 1) (continuous; the same measure as (0, 1], and
+γ(0) is a level of the chain) or t = i/T with i ∈ {1..T}, so t ∈ (0, 1] (discrete: step i runs from
+s = (i−1)/T to t), and importance weights such that E[weight · term(t)] equals the uniform average —
 so every sampler is an unbiased estimator of the same diffusion loss.
 
 * ``uniform``    — i.i.d. t ∼ U(0, 1) (or i ∼ U{1..T}).

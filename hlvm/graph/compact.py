@@ -21,27 +21,30 @@ COMPACT_MIN_STEPS = 4
 #: user-written chains ``p_a … p_b`` (not DiffusionChains) are compacted from this many sites on
 _GENERIC_MIN_SITES = 10
 
+#: a user-written indexed site ``p_i``; DiffusionChains' sites are known by name, never parsed
 _INDEXED = re.compile(r"^(.+)_(\d+)$")
 
 
-def _chain_sites(G, prefix) -> dict:
-    """{index: site} of the sample sites named ``{prefix}_{i}``."""
-    out = {}
-    for n, d in G.nodes(data=True):
-        m = _INDEXED.match(str(n)) if d["kind"] == "sample" else None
-        if m and m.group(1) == prefix:
-            out[int(m.group(2))] = n
-    return out
+def _diffusion_chain_sites(G, info) -> dict:
+    """{index: site} of a DiffusionChain's latents present in G, from the chain's own record
+    (``info["sites"]``, :meth:`~hlvm.programs.chain.DiffusionChain.site_index`)."""
+    return {i: n for n, i in info["sites"].items() if n in G and G.nodes[n]["kind"] == "sample"}
 
 
 def _generic_chains(G, known) -> dict:
-    """Long runs ``p_a … p_b`` of consecutively indexed sites that no DiffusionChain made."""
-    prefixes = {m.group(1) for n in G.nodes if (m := _INDEXED.match(str(n)))} - set(known)
+    """Long runs ``p_a … p_b`` of consecutively indexed sites that no DiffusionChain made: a user's
+    own names are all there is to go by, so these are found by their ``{p}_{i}`` pattern."""
+    claimed = {n for info in known.values() for n in info.get("sites", ())}
+    runs: dict = {}
+    for n, d in G.nodes(data=True):
+        m = _INDEXED.match(str(n)) if d["kind"] == "sample" and n not in claimed else None
+        if m:
+            runs.setdefault(m.group(1), {})[int(m.group(2))] = n
     out = {}
-    for p in sorted(prefixes):
-        idx = sorted(_chain_sites(G, p))
+    for p, sites in sorted(runs.items()):
+        idx = sorted(sites)
         if len(idx) >= _GENERIC_MIN_SITES and idx == list(range(idx[0], idx[-1] + 1)):
-            out[p] = {"T": None, "steps": len(idx) - 1, "generic": True}
+            out[p] = {"T": None, "steps": len(idx) - 1, "generic": True, "found": sites}
     return out
 
 
@@ -76,11 +79,12 @@ def compact_graph(G: nx.DiGraph, min_steps: int = COMPACT_MIN_STEPS) -> nx.DiGra
     a shared denoiser keeps one edge to each role node; the node count does not grow with T.
     Role nodes have ``kind`` ``"sample"`` or ``"ellipsis"`` and ``sites`` (what they stand for).
     """
-    chains = {p: i for p, i in G.graph.get("chains", {}).items() if i["steps"] >= min_steps}
-    chains.update(_generic_chains(G, G.graph.get("chains", {})))
+    known = G.graph.get("chains", {})
+    chains = {p: dict(i, found=_diffusion_chain_sites(G, i)) for p, i in known.items() if i["steps"] >= min_steps}
+    chains.update(_generic_chains(G, known))
     mapping, labels = {}, {}
     for prefix, info in chains.items():
-        sites = _chain_sites(G, prefix)
+        sites = info["found"]
         if len(sites) < _TRACE_STEPS + 1:
             continue
         by_index, lab = _roles(sorted(sites), prefix, info)

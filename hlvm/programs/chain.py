@@ -38,8 +38,18 @@ from ..validate import check_float, check_int
 from .likelihoods import GaussianLikelihood, Likelihood
 
 __all__ = ["DiffusionChain", "collapsed", "StockChains", "bound_terms", "chains_of", "override_steps", "latent_likelihood",
-           "MAX_T", "check_T"]
+           "MAX_T", "check_T", "step_site", "bound_site"]
 
+
+# -- the names of a chain's sites: built here only, mapped back through the records that carry them
+def step_site(chain: str, i: int) -> str:
+    """The site of chain ``chain``'s latent at t = i/T: ``{chain}_{i}`` (``{chain}_0`` is z_0)."""
+    return f"{chain}_{i}"
+
+
+def bound_site(chain: str) -> str:
+    """The factor site through which a collapsed chain adds −L(y): ``{chain}_bound``."""
+    return f"{chain}_bound"
 
 
 def check_T(T, name: str = "T") -> None:
@@ -75,8 +85,9 @@ class StockChains(Messenger):
 
 
 def bound_terms(trace) -> dict[str, BoundTerms]:
-    """{chain name: BoundTerms} of every collapsed chain in a model trace."""
-    return {site["name"].removesuffix("_bound"): site["infer"]["bound_terms"]
+    """{chain name: BoundTerms} of every collapsed chain in a model trace (the factor site records
+    its chain's name next to the terms: ``site["infer"]["chain"]``)."""
+    return {site["infer"]["chain"]: site["infer"]["bound_terms"]
             for site in trace.nodes.values() if site["type"] == "sample" and "bound_terms" in site["infer"]}
 
 
@@ -135,8 +146,12 @@ class DiffusionChain(nn.Module):
 
     def site_names(self, steps: int | None = None):
         """Latent site names from the top (z_1, noisiest) down to z_0: ``z_T, …, z_0``."""
+        return list(self.site_index(steps))
+
+    def site_index(self, steps: int | None = None) -> dict[str, int]:
+        """{site name: i} of the latents z_{i/T}, from the top (i = steps) down to 0."""
         steps = steps or self.steps
-        return [f"{self.name}_{i}" for i in range(steps, -1, -1)]
+        return {step_site(self.name, i): i for i in range(steps, -1, -1)}
 
     def _ref(self, y=None) -> torch.Tensor:
         """A floating tensor with the chain's dtype and device (y, else its first parameter or buffer)."""
@@ -165,9 +180,9 @@ class DiffusionChain(nn.Module):
         ref = self._ref(y)
         steps, e = self.steps, len(self.event_shape)
         g = sampling.grid(self.schedule, steps, ref)
-        z = pyro.sample(f"{self.name}_{steps}", self._std_normal(batch_size, ref))
+        z = pyro.sample(step_site(self.name, steps), self._std_normal(batch_size, ref))
         for i in range(steps, 0, -1):
-            z = pyro.sample(f"{self.name}_{i - 1}", p_zs_given_zt(self.denoiser, z, g[i - 1], g[i]).to_event(e))
+            z = pyro.sample(step_site(self.name, i - 1), p_zs_given_zt(self.denoiser, z, g[i - 1], g[i]).to_event(e))
         obs = None if y is None else self.likelihood.observe(y)
         return pyro.sample(y_name, self.likelihood.from_z0(z, g[0]), obs=obs)
 
@@ -178,9 +193,9 @@ class DiffusionChain(nn.Module):
         x = self.likelihood.to_model_space(y)
         steps, e = self.steps, len(self.event_shape)
         g = sampling.grid(self.schedule, steps, x)
-        z = pyro.sample(f"{self.name}_{steps}", q_zt_given_x(x, g[steps]).to_event(e))
+        z = pyro.sample(step_site(self.name, steps), q_zt_given_x(x, g[steps]).to_event(e))
         for i in range(steps, 0, -1):
-            z = pyro.sample(f"{self.name}_{i - 1}", q_zs_given_zt_x(z, x, g[i - 1], g[i]).to_event(e))
+            z = pyro.sample(step_site(self.name, i - 1), q_zs_given_zt_x(z, x, g[i - 1], g[i]).to_event(e))
         return z
 
     def _model_collapsed(self, y_name, y, batch_size):
@@ -189,7 +204,8 @@ class DiffusionChain(nn.Module):
         y = pyro.sample(y_name, dist.ImproperUniform(dist.constraints.real, shape, event), obs=y)
         terms = _bound(self, y)
         factor = dist.Unit(-terms.loss)  # pyro.factor, carrying the terms with the site
-        pyro.sample(f"{self.name}_bound", factor, obs=factor.sample(), infer={"is_auxiliary": True, "bound_terms": terms})
+        infer = {"is_auxiliary": True, "chain": self.name, "bound_terms": terms}
+        pyro.sample(bound_site(self.name), factor, obs=factor.sample(), infer=infer)
         return y
 
     # ----------------------------------------------------------------- samplers (hlvm.diffusion.sampling)
@@ -228,12 +244,13 @@ def chains_of(*roots) -> list[DiffusionChain]:
 @contextmanager
 def override_steps(chains, policy):
     """Run the program with each chain at ``policy(steps)`` steps (T, or ``trace_steps`` in
-    continuous time); restored on exit.  Yields {chain name: {"T", "steps", "traced_steps"}}."""
+    continuous time); restored on exit.  Yields {chain name: {"T", "steps", "traced_steps", "sites"}},
+    ``sites`` the {site name: i} of the traced chain (:meth:`DiffusionChain.site_index`)."""
     saved, info = [], {}
     try:
         for chain in chains:
             steps = policy(chain.steps)
-            info[chain.name] = {"T": chain.T, "steps": chain.steps, "traced_steps": steps}
+            info[chain.name] = {"T": chain.T, "steps": chain.steps, "traced_steps": steps, "sites": chain.site_index(steps)}
             saved.append((chain, chain.T, chain.trace_steps))
             if chain.T is None:
                 chain.trace_steps = steps

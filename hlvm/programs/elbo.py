@@ -17,6 +17,8 @@ References:
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from pyro import poutine
 from pyro.infer import Trace_ELBO
 from pyro.infer.elbo import ELBOModule
@@ -29,7 +31,15 @@ from ..diffusion.weighting import get_weighting, is_monotone
 from ..validate import check_int
 from .chain import bound_terms
 
-__all__ = ["DiffusionELBO", "CollapseChains"]
+__all__ = ["DiffusionELBO", "CollapseChains", "SamplerKey"]
+
+
+@dataclass(frozen=True)
+class SamplerKey:
+    """Which timestep sampler: one per chain (its name) and number of steps (None: continuous time)."""
+
+    chain: str
+    T: int | None
 
 
 class CollapseChains(Messenger):
@@ -84,7 +94,7 @@ class DiffusionELBO(Trace_ELBO):
         self.num_t, self.exact, self.eval_nodes, self.max_batch = num_t, exact, eval_nodes, max_batch
         self.weighting_name = weighting
         self.weighting = get_weighting(weighting)
-        self.samplers: dict[str, TimestepSampler] = {}
+        self.samplers: dict[SamplerKey, TimestepSampler] = {}
 
     def __call__(self, model, guide) -> ELBOModule:
         """This ELBO as an ``nn.Module`` computing the loss of ``model``/``guide`` (for ``torch.optim``).
@@ -125,20 +135,26 @@ class DiffusionELBO(Trace_ELBO):
 
     # -- the bound of one chain ------------------------------------------------------------
     def sampler_for(self, chain) -> TimestepSampler:
-        key = f"{chain.name}/T={chain.T}"
+        """The timestep sampler of ``chain`` (one per chain name and T, created on first use)."""
+        key = SamplerKey(chain.name, chain.T)
         if key not in self.samplers:
             self.samplers[key] = TimestepSampler(self.sampler_kind, chain.T)
         return self.samplers[key]
 
     def chain_bound(self, chain, y) -> BoundTerms:
-        """Per-example terms of −log p(y) ≤ loss for one chain (asked for by the chain)."""
-        sampler = None
-        if not self.exact:
-            sampler = self.sampler_for(chain).to(y.device)
-        return diffusion_bound(chain.denoiser, chain.schedule, chain.likelihood, chain.T, y, sampler=sampler,
-                               num_t=self.num_t, exact=self.exact, nodes=self.eval_nodes,
-                               weighting=self.weighting, max_batch=self.max_batch,
-                               variance_schedule=self.schedule_objective == "variance")
+        """Per-example terms of −log p(y) ≤ loss for one chain (asked for by the chain).
+
+        This ELBO owns the timestep samplers: after a Monte Carlo bound it records the drawn
+        terms in the chain's sampler (the importance sampler's history; a no-op for the others).
+        """
+        sampler = None if self.exact else self.sampler_for(chain).to(y.device)
+        terms = diffusion_bound(chain.denoiser, chain.schedule, chain.likelihood, chain.T, y, sampler=sampler,
+                                num_t=self.num_t, exact=self.exact, nodes=self.eval_nodes,
+                                weighting=self.weighting, max_batch=self.max_batch,
+                                variance_schedule=self.schedule_objective == "variance")
+        if sampler is not None:
+            sampler.update(terms.t, terms.per_t)
+        return terms
 
     def bound_terms(self, model, guide, *args, **kwargs) -> dict[str, BoundTerms]:
         """{chain name: BoundTerms} from one draw: the guide traced and the model replayed on it."""
@@ -149,10 +165,13 @@ class DiffusionELBO(Trace_ELBO):
 
     # -- checkpoints: the importance sampler's history ------------------------------------
     def state_dict(self) -> dict:
-        return {k: s.state_dict() for k, s in self.samplers.items()}
+        """{"samplers": [{"chain", "T", "state"}, ...]}: plain types, one record per sampler."""
+        return {"samplers": [{"chain": k.chain, "T": k.T, "state": s.state_dict()} for k, s in self.samplers.items()]}
 
     def load_state_dict(self, state: dict) -> None:
-        for k, sd in state.items():
-            _, _, T = k.partition("/T=")
-            s = self.samplers.setdefault(k, TimestepSampler(self.sampler_kind, None if T == "None" else int(T)))
-            s.load_state_dict(sd)
+        if not isinstance(state, dict) or not isinstance(state.get("samplers"), list):
+            raise ValueError("not a DiffusionELBO state: expected {'samplers': [{'chain', 'T', 'state'}, ...]} "
+                             "(checkpoints from before hlvm issue 19 keyed samplers by 'name/T=…' strings)")
+        for record in state["samplers"]:
+            key = SamplerKey(record["chain"], record["T"])
+            self.samplers.setdefault(key, TimestepSampler(self.sampler_kind, key.T)).load_state_dict(record["state"])

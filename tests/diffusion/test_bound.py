@@ -1,11 +1,19 @@
-"""hlvm.diffusion.bound: the variance objective of a learned schedule (Kingma et al. 2021, §5, App. I.1)."""
+"""hlvm.diffusion.bound: the diffusion term, its weighting, the variance objective of a learned
+schedule (Kingma et al. 2021, §5, App. I.1) and the bound's defaults."""
 
 import pytest
 import torch
 
-from hlvm.diffusion.bound import diffusion_loss
-from hlvm.diffusion.schedules import LinearSchedule, MonotoneNetSchedule, DensitySchedule
+from hlvm.diffusion.bound import diffusion_bound, diffusion_loss, diffusion_term, weighted_term
 from hlvm.diffusion.oracle import GaussianOracle
+from hlvm.diffusion.schedules import (DensitySchedule, InteriorSchedule, LearnedLinearSchedule, LinearSchedule,
+                                      MonotoneNetSchedule)
+from hlvm.diffusion.timesteps import TimestepSampler
+from hlvm.diffusion.weighting import get_weighting
+from hlvm.programs.chain import DiffusionChain
+from hlvm.programs.elbo import DiffusionELBO, SamplerKey
+from hlvm.programs.likelihoods import GaussianLikelihood
+from models import VDM
 
 from conftest import tensor
 
@@ -98,3 +106,98 @@ def test_variance_objective_reaches_the_least_variance_schedule():
     after = _loss_variance(oracle, sched, draw)
     assert before > 2 * optimum, (before, optimum)  # linear is far from the optimum here
     assert after < 1.1 * optimum, (before, after, optimum)
+
+
+# -- which schedules the variance objective applies to (typed: InteriorSchedule) -----------------
+def test_variance_objective_refuses_learned_linear():
+    """A learned linear schedule's only parameters are its endpoints, which the variance objective
+    leaves to the ELBO (VDM App. I.1): it would silently be the ELBO, so it is refused."""
+    _, oracle, x, t = _setup(False)
+    sched = LearnedLinearSchedule(-6.0, 6.0).double()
+    assert not isinstance(sched, InteriorSchedule)
+    with pytest.raises(ValueError, match="LearnedLinearSchedule has none"):
+        diffusion_loss(oracle, sched, None, x, t, variance_schedule=True)
+
+
+def test_variance_objective_refuses_discrete_time():
+    """In discrete time L_T depends on the grid values γ(i/T), the interior included: not the objective of App. I.1."""
+    sched, oracle, x, _ = _setup(False)
+    t = torch.full((x.shape[0],), 0.5, dtype=torch.float64)
+    with pytest.raises(ValueError, match="continuous time"):
+        diffusion_loss(oracle, sched, 10, x, t, variance_schedule=True)
+
+
+def test_diffusion_elbo_with_learned_linear_and_the_variance_objective_is_refused():
+    """The same refusal through the Pyro estimator that training uses."""
+    vdm = VDM(data_shape=(4,), likelihood="continuous", schedule="learned-linear", width=8, depth=1)
+    with pytest.raises(ValueError, match="LearnedLinearSchedule has none"):
+        DiffusionELBO(schedule_objective="variance").differentiable_loss(vdm.model, vdm.guide, torch.randn(3, 4))
+
+
+def test_interior_schedules_are_the_learned_interiors():
+    assert isinstance(MonotoneNetSchedule(hidden=4), InteriorSchedule)
+    assert isinstance(DensitySchedule(bins=4), InteriorSchedule)
+    for sched in (LinearSchedule(), LearnedLinearSchedule()):
+        assert not isinstance(sched, InteriorSchedule)
+
+
+# -- the term in the paper's symbols --------------------------------------------------------------
+def test_diffusion_term_is_the_kl_of_one_step_in_its_eps_form():
+    """½ T expm1(γ_t − γ_s) ‖ε − ε̂‖² is T · KL(q(z_s|z_t,x) ‖ p(z_s|z_t)) = T · ½ (SNR(s) − SNR(t)) ‖x − x̂‖²
+    (DESIGN, Table 1), with ε − ε̂ = (α_t/σ_t)(x̂ − x); continuous time: ½ γ' ‖ε − ε̂‖²."""
+    torch.manual_seed(0)
+    g_s, g_t, T = tensor(-1.0), tensor(0.5), 7
+    x, x_hat = torch.randn(5, 3, dtype=torch.float64), torch.randn(5, 3, dtype=torch.float64)
+    eps = torch.randn(5, 3, dtype=torch.float64)
+    alpha_t, sigma_t = torch.sigmoid(-g_t).sqrt(), torch.sigmoid(g_t).sqrt()
+    eps_hat = eps + alpha_t / sigma_t * (x_hat - x)
+    kl = 0.5 * (torch.exp(-g_s) - torch.exp(-g_t)) * (x - x_hat).pow(2).sum(-1)
+    torch.testing.assert_close(diffusion_term(eps, eps_hat, T=T, g_t=g_t, g_s=g_s), T * kl, rtol=1e-12, atol=0)
+    torch.testing.assert_close(diffusion_term(eps, eps_hat, dg_t=tensor(3.0)), 1.5 * (eps - eps_hat).pow(2).sum(-1))
+
+
+def test_weighted_term_is_w_of_lambda_times_the_term():
+    term, g = torch.rand(6, dtype=torch.float64), torch.linspace(-5, 5, 6, dtype=torch.float64)
+    assert weighted_term(term, g) is term  # w ≡ 1: the ELBO
+    w = get_weighting("sigmoid")
+    torch.testing.assert_close(weighted_term(term, g, w), torch.sigmoid(2.0 + g) * term)  # λ = −γ
+
+
+# -- diffusion_bound: its own defaults, and no hidden effect on the sampler ------------------------
+@pytest.mark.parametrize("T", [None, 5])
+def test_diffusion_bound_runs_with_its_own_defaults(T):
+    _, oracle, x, _ = _setup(False)
+    terms = diffusion_bound(oracle, LinearSchedule(-6.0, 6.0).double(), GaussianLikelihood((2,)), T, x)
+    assert terms.loss.shape == (x.shape[0],) and bool(torch.isfinite(terms.loss).all())
+
+
+def test_the_bound_leaves_the_sampler_alone_and_its_owner_records_the_history():
+    sched, oracle, x, _ = _setup(False)
+    chain = DiffusionChain(oracle, sched, GaussianLikelihood((2,)), T=None, name="z")
+    sampler = TimestepSampler("importance", None)
+    diffusion_bound(chain.denoiser, chain.schedule, chain.likelihood, None, x, sampler=sampler)
+    assert int(sampler.count.sum()) == 0  # no hidden update
+    elbo = DiffusionELBO("importance")
+    terms = elbo.chain_bound(chain, x)
+    (key,) = elbo.samplers
+    assert key == SamplerKey("z", None)
+    bins = (terms.t * elbo.samplers[key].bins).floor().long().unique()
+    assert int(elbo.samplers[key].count.sum()) == bins.numel()  # one observation per bin drawn
+
+
+def test_diffusion_elbo_state_round_trips_with_typed_keys():
+    sched, oracle, x, _ = _setup(False)
+    elbo = DiffusionELBO("importance")
+    for T in (None, 4):
+        for _ in range(3):
+            elbo.chain_bound(DiffusionChain(oracle, sched, GaussianLikelihood((2,)), T=T, name="z"), x)
+    state = elbo.state_dict()
+    assert {(r["chain"], r["T"]) for r in state["samplers"]} == {("z", None), ("z", 4)}
+    other = DiffusionELBO("importance")
+    other.load_state_dict(state)
+    assert set(other.samplers) == {SamplerKey("z", None), SamplerKey("z", 4)}
+    for key, s in elbo.samplers.items():
+        torch.testing.assert_close(other.samplers[key].sq_mean, s.sq_mean)
+        assert bool((other.samplers[key].count == s.count).all())
+    with pytest.raises(ValueError, match="not a DiffusionELBO state"):
+        other.load_state_dict({"z/T=None": {}})

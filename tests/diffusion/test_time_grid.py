@@ -41,3 +41,27 @@ def test_T_outside_the_exact_range_is_refused(T):
 def test_T_inside_the_range_is_accepted():
     for T in (None, 1, MAX_T):
         check_T(T)
+
+
+@pytest.mark.parametrize("kind", ["uniform", "antithetic", "importance"])
+def test_sampled_times_lie_in_the_documented_range(kind):
+    """Continuous time: t ∈ [0, 1); discrete: t = i/T, i ∈ {1..T}, so t ∈ (0, 1] — each end reached
+    (the importance sampler after its warm-up, with a history that favours the ends)."""
+    from hlvm.diffusion.timesteps import TimestepSampler
+
+    g = torch.Generator().manual_seed(0)
+    for T in (None, 4):
+        sampler = TimestepSampler(kind, T, bins=8, warmup=1)
+        if kind == "importance":
+            grid = torch.arange(sampler.bins, dtype=torch.float64)
+            pos = (grid + 0.5) / sampler.bins if T is None else (grid + 1) / T
+            sampler.update(pos, (grid - grid.mean()).abs() + 0.1)  # every bin observed: importance-weighted now
+        t, w = sampler(20000, dtype=torch.float64, generator=g)
+        assert bool((w > 0).all())
+        if T is None:
+            assert float(t.min()) >= 0.0 and float(t.max()) < 1.0
+            assert float(t.min()) < 1e-3 and float(t.max()) > 1 - 1e-3
+        else:
+            i = t * T
+            torch.testing.assert_close(i, i.round())
+            assert set(i.round().long().tolist()) == set(range(1, T + 1))

@@ -105,7 +105,10 @@ def test_contract_only_hierarchy_trains_evaluates_samples_and_renders(tmp_path):
     assert hlvm.topological_order(G_guide) == ["z_2", "z_1"]
 
 
-def test_register_a_user_class_by_name():
+def test_register_a_user_class_by_name(monkeypatch):
+    from hlvm import registry
+
+    monkeypatch.setattr(registry, "_REGISTERED", dict(registry._REGISTERED))  # gone after the test: `render all` renders the zoo only
     cls = load_class(SPEC)
     hlvm.register("two-level-test", cls)
     m = build_model("two-level-test", (1, 8, 8), "binary")

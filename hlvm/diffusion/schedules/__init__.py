@@ -8,13 +8,14 @@ variance-preserving quantities follow from γ alone (VDM convention, Kingma et a
 from __future__ import annotations
 
 from .fixed import CosineSchedule, DDPMSchedule, LinearSchedule, NoiseSchedule, check_time
-from .learned import LearnedLinearSchedule, MonotoneNetSchedule, DensitySchedule
+from .learned import DensitySchedule, InteriorSchedule, LearnedLinearSchedule, MonotoneNetSchedule
 
 __all__ = [
     "NoiseSchedule",
     "LinearSchedule",
     "CosineSchedule",
     "LearnedLinearSchedule",
+    "InteriorSchedule",
     "MonotoneNetSchedule",
     "DensitySchedule",
     "DDPMSchedule",

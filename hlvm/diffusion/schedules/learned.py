@@ -1,12 +1,12 @@
 """Learned noise schedules: γ(t) with trainable endpoints and/or interior.
 
 In continuous time the ELBO depends on a schedule only through its endpoints γ(0), γ(1); the
-interior sets the *variance* of the Monte Carlo loss (Kingma et al. 2021, §5, App. I.1).  Each
-class here exposes :meth:`parts` — (γ_min, γ_max − γ_min, frac(t), frac'(t)) — so that an
-objective can train endpoints and interior differently (``DiffusionELBO(schedule_objective=
-"variance")``).
+interior sets the *variance* of the Monte Carlo loss (Kingma et al. 2021, §5, App. I.1).  A
+schedule with a learned interior is an :class:`InteriorSchedule`: γ = γ_min + (γ_max − γ_min) ·
+frac(t), and its :meth:`~InteriorSchedule.parts` gives the endpoints and the interior apart, so
+that an objective can train them differently (``DiffusionELBO(schedule_objective="variance")``).
 
-* :class:`LearnedLinearSchedule` — linear γ with learnable endpoints.
+* :class:`LearnedLinearSchedule` — linear γ with learnable endpoints (no interior: frac(t) = t).
 * :class:`MonotoneNetSchedule` — VDM's monotone network with positive weights (Appendix H.1).
 * :class:`DensitySchedule` — γ(t) the inverse CDF of a learned piecewise-linear density of noise
   levels: the schedule *is* the importance distribution of the loss over γ.
@@ -26,7 +26,7 @@ from torch import nn
 
 from .fixed import CosineSchedule, LinearSchedule, NoiseSchedule, _check_endpoints, check_time
 
-__all__ = ["LearnedLinearSchedule", "MonotoneNetSchedule", "DensitySchedule"]
+__all__ = ["LearnedLinearSchedule", "InteriorSchedule", "MonotoneNetSchedule", "DensitySchedule"]
 
 
 def _softplus(x: torch.Tensor) -> torch.Tensor:
@@ -37,7 +37,9 @@ def _softplus(x: torch.Tensor) -> torch.Tensor:
 class LearnedLinearSchedule(NoiseSchedule):
     """Linear schedule with learnable endpoints (VDM, §4: only γ_min, γ_max affect L_∞).
 
-    The gap γ_max − γ_min is parameterized through softplus so it stays positive.
+    The gap γ_max − γ_min is parameterized through softplus so it stays positive.  Its interior
+    frac(t) = t has no parameters, so it is not an :class:`InteriorSchedule`: the variance
+    objective, which trains only an interior, has nothing to train here.
     """
 
     def __init__(self, gamma_min: float = -13.3, gamma_max: float = 5.0):
@@ -60,10 +62,6 @@ class LearnedLinearSchedule(NoiseSchedule):
         t = check_time(t)
         return self.gap.expand_as(t).to(t.dtype)
 
-    def parts(self, t):
-        """(γ_min, γ_max − γ_min, frac(t), frac'(t)) with γ = γ_min + gap · frac: here frac(t) = t."""
-        return self.g0, self.gap, t, torch.ones_like(t)
-
 
 class _PositiveLinear(nn.Module):
     """A linear layer whose weights are softplus-positive, so it is monotone increasing."""
@@ -77,8 +75,12 @@ class _PositiveLinear(nn.Module):
         return F.linear(h, F.softplus(self.raw_weight), self.bias)
 
 
-class _InteriorSchedule(NoiseSchedule):
-    """γ = γ_min + (γ_max − γ_min) · frac(t) with a learned interior frac and fixed or learned endpoints."""
+class InteriorSchedule(NoiseSchedule):
+    """γ = γ_min + (γ_max − γ_min) · frac(t) with a learned interior frac and fixed or learned endpoints.
+
+    Subclasses implement :meth:`parts`.  Being one is what makes a schedule eligible for the
+    variance objective (:func:`hlvm.diffusion.bound.variance_gradient`).
+    """
 
     def _init_endpoints(self, gamma_min: float, gamma_max: float, learn_endpoints: bool) -> None:
         self.learn_endpoints = learn_endpoints
@@ -94,8 +96,13 @@ class _InteriorSchedule(NoiseSchedule):
             return self.endpoints.g0, self.endpoints.gap
         return self.g0, self.g1 - self.g0
 
+    def parts(self, t):  # pragma: no cover - abstract
+        """(γ_min, γ_max − γ_min, frac(t), frac'(t)) with γ = γ_min + gap · frac: the endpoints and the
+        interior apart, for objectives that train them differently (VDM App. I.1)."""
+        raise NotImplementedError
 
-class MonotoneNetSchedule(_InteriorSchedule):
+
+class MonotoneNetSchedule(InteriorSchedule):
     """VDM's learned monotone γ: a positive-weight network, rescaled to fixed or learned endpoints.
 
     γ̃(t) = l₁(t) + l₃(φ(l₂(l₁(t)))) with φ = sigmoid and every weight positive, so γ̃ is monotone
@@ -180,7 +187,7 @@ def _inverse_times(schedule: NoiseSchedule, gammas: torch.Tensor, iters: int = 6
     return 0.5 * (lo + hi)
 
 
-class DensitySchedule(_InteriorSchedule):
+class DensitySchedule(InteriorSchedule):
     """A learned γ(t): the quantile function of a learned density of noise levels.
 
     Under t ∼ U(0, 1) the level γ(t) has density q(γ) = 1/γ'(t); this schedule parameterizes q
