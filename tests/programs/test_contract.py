@@ -87,7 +87,8 @@ def test_contract_only_hierarchy_trains_evaluates_samples_and_renders(tmp_path):
     m = trainer.model
     with warnings.catch_warnings():  # k̂ > 0.7 after 60 steps is reported, not an error here
         warnings.simplefilter("ignore", hlvm.ParetoKWarning)
-        ev = hlvm.evaluate(m, data.test[:200], K=30, seed=0)
+        ev = hlvm.evaluate(m, data.test[:200], K=30, seed=0, elbo=Trace_ELBO())  # terms and total: one draw
+    assert hlvm.evaluate(m, data.test[:20], seed=0)["estimator"] == "TraceMeanField_ELBO"  # the rule training used
     assert set(ev["kl"]) == {"z_1", "z_2"} and set(ev["active_units"]) == {"z_1", "z_2"}
     assert ev["reconstruction"] + ev["kl_total"] + ev["factor"] == pytest.approx(ev["nats"], rel=1e-9)
     assert ev["elbo"] - 1.0 < ev["iwae"] < 0  # IWAE_30 ≥ ELBO up to Monte Carlo noise; a bound on discrete data
