@@ -185,14 +185,19 @@ def test_update_skipping_and_clipping():
     w = torch.nn.Parameter(torch.tensor([3.0, 4.0]))
     opt = SingleOptim(torch.optim.SGD, {"lr": 1.0}, skip_norm=4.0)
     w.grad = torch.tensor([3.0, 4.0])  # norm 5 > 4: skipped
-    opt([w])
-    assert w.tolist() == [3.0, 4.0] and opt.skipped == 1 and opt.last_grad_norm == pytest.approx(5.0)
+    update = opt([w])
+    assert w.tolist() == [3.0, 4.0] and opt.skipped == 1 and update.skipped and update.grad_norm == pytest.approx(5.0)
     w.grad = torch.tensor([0.3, 0.4])  # norm 0.5: stepped
-    opt([w])
+    update = opt([w])
     assert w.detach().tolist() == pytest.approx([2.7, 3.6]) and opt.skipped == 1
+    assert not update.skipped and update.grad_norm == pytest.approx(0.5)
     clip = SingleOptim(torch.optim.SGD, {"lr": 1.0}, clip_norm=1.0)
     w.grad = torch.tensor([3.0, 4.0])
-    clip([w])
+    update = clip([w])
     assert w.detach().tolist() == pytest.approx([2.7 - 0.6, 3.6 - 0.8])
+    assert update.grad_norm == pytest.approx(5.0) and not update.skipped  # the norm before clipping
+    plain = SingleOptim(torch.optim.SGD, {"lr": 0.5})
+    w.grad = torch.tensor([3.0, 4.0])
+    assert plain([w]) == (None, False) and plain.lr == 0.5  # no norm asked for: none computed
     with pytest.raises(ValueError, match="skip_norm must be positive"):
         SingleOptim(torch.optim.SGD, {"lr": 1.0}, skip_norm=0.0)
