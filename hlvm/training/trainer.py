@@ -34,6 +34,7 @@ import json
 import math
 import os
 import time
+import warnings
 from dataclasses import asdict, replace
 
 import pyro
@@ -361,7 +362,8 @@ class Trainer:
         finite (0 when it fails without validation too) when it stopped on a model error, such as
         an observed value outside its distribution's support."""
         try:
-            with pyro.validation_enabled(False):
+            with pyro.validation_enabled(False), warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # Pyro's "Encountered NaN" is the expected answer here
                 return self.svi.evaluate_loss(x)
         except Exception:  # noqa: BLE001 - any other failure: the model's own error, re-raised by the caller
             return 0.0
