@@ -25,6 +25,7 @@ class EMA:
 
     def __init__(self, shadow: dict, decay: float):
         self.shadow, self.decay = shadow, decay
+        self._depth = 0  # open applied() blocks: only the outermost swaps
 
     @classmethod
     def of(cls, module: torch.nn.Module, decay: float) -> "EMA":
@@ -48,9 +49,15 @@ class EMA:
 
     @contextlib.contextmanager
     def applied(self, module: torch.nn.Module):
-        """θ̄ in the module inside the block; the live weights (and θ̄) as they were afterwards."""
-        self.swap(module)
+        """θ̄ in the module inside the block; the live weights (and θ̄) as they were afterwards.  A
+        block inside another leaves θ̄ in place (it does not swap the live weights back in)."""
+        outermost = self._depth == 0
+        if outermost:
+            self.swap(module)
+        self._depth += 1
         try:
             yield module
         finally:
-            self.swap(module)
+            self._depth -= 1
+            if outermost:
+                self.swap(module)
