@@ -185,14 +185,41 @@ def test_update_skipping_and_clipping():
     w = torch.nn.Parameter(torch.tensor([3.0, 4.0]))
     opt = SingleOptim(torch.optim.SGD, {"lr": 1.0}, skip_norm=4.0)
     w.grad = torch.tensor([3.0, 4.0])  # norm 5 > 4: skipped
-    opt([w])
-    assert w.tolist() == [3.0, 4.0] and opt.skipped == 1 and opt.last_grad_norm == pytest.approx(5.0)
+    update = opt([w])
+    assert w.tolist() == [3.0, 4.0] and opt.skipped == 1 and update.skipped and update.grad_norm == pytest.approx(5.0)
     w.grad = torch.tensor([0.3, 0.4])  # norm 0.5: stepped
-    opt([w])
+    update = opt([w])
     assert w.detach().tolist() == pytest.approx([2.7, 3.6]) and opt.skipped == 1
+    assert not update.skipped and update.grad_norm == pytest.approx(0.5)
     clip = SingleOptim(torch.optim.SGD, {"lr": 1.0}, clip_norm=1.0)
     w.grad = torch.tensor([3.0, 4.0])
-    clip([w])
+    update = clip([w])
     assert w.detach().tolist() == pytest.approx([2.7 - 0.6, 3.6 - 0.8])
+    assert update.grad_norm == pytest.approx(5.0) and not update.skipped  # the norm before clipping
+    plain = SingleOptim(torch.optim.SGD, {"lr": 0.5})
+    w.grad = torch.tensor([3.0, 4.0])
+    assert plain([w]) == (None, False) and plain.lr == 0.5  # no norm asked for: none computed
     with pytest.raises(ValueError, match="skip_norm must be positive"):
         SingleOptim(torch.optim.SGD, {"lr": 1.0}, skip_norm=0.0)
+
+
+@pytest.mark.parametrize("kw", [{"clip_norm": 1.0}, {"skip_norm": 1e9}])
+def test_gradient_norm_does_not_depend_on_the_order_of_the_parameters(kw):
+    """SVI hands the optimizer a set, whose order follows memory addresses; the clipping norm (a
+    float sum) is taken in the optimizer's own order, so the update is the same in any order (an
+    exact resume under --grad-clip needs it)."""
+    from hlvm.training.optim import SingleOptim
+
+    gen = torch.Generator().manual_seed(0)
+    values = [torch.randn(7, generator=gen) * 10.0 ** float(k % 7 - 3) for k in range(60)]
+    grads = [torch.randn(7, generator=gen) * 10.0 ** float(k % 5 - 2) for k in range(60)]
+    results = []
+    for prefix, order in (("a", 1), ("b", -1)):
+        params = [pyro.param(f"{prefix}{k:02d}", v.clone()).unconstrained() for k, v in enumerate(values)]
+        for p, g in zip(params, grads):
+            p.grad = g.clone()
+        opt = SingleOptim(torch.optim.SGD, {"lr": 1.0}, **kw)
+        update = opt(params[::order])
+        results.append((update.grad_norm, [p.detach().clone() for p in params]))
+    (norm_a, after_a), (norm_b, after_b) = results
+    assert norm_a == norm_b and all(torch.equal(a, b) for a, b in zip(after_a, after_b))

@@ -1,6 +1,7 @@
 """Training: exact resume, atomic checkpoints, NaN handling, data parallelism, EMA."""
 
 import json
+import dataclasses
 import math
 import os
 import shutil
@@ -103,8 +104,8 @@ def test_nan_stops_training_and_keeps_last_good_checkpoint(tmp_path, digits, mon
     real_step = t.svi.step
 
     def step(x):
-        loss = real_step(x)
-        return float("nan") if t.step >= 5 else loss
+        record = real_step(x)
+        return dataclasses.replace(record, loss=float("nan")) if t.step >= 5 else record
 
     monkeypatch.setattr(t.svi, "step", step)
     with pytest.raises(TrainingDiverged, match=r"loss became nan at step 6; .*last good checkpoint is kept"):

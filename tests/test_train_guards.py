@@ -230,6 +230,92 @@ def test_nan_gradient_keeps_last_finite_checkpoint_and_resumes(tmp_path, digits)
     assert resumed.losses == clean.losses and all(math.isfinite(v) for v in resumed.losses)
 
 
+BAD_SITE_MODELS = """
+import pyro, torch
+import pyro.distributions as dist
+from models import VAE
+
+class Armed(VAE):
+    '''A VAE with one more observed site once armed (after ``armed_after`` training steps).'''
+    armed_after = None
+    calls = 0
+
+    def model(self, x=None, batch_size=None):
+        out = super().model(x, batch_size)
+        if torch.is_grad_enabled():
+            type(self).calls += 1
+        if self.armed_after is not None and type(self).calls > self.armed_after:
+            self.bad_site()
+        return out
+
+
+class NaNLocVAE(Armed):
+    '''Once armed, a distribution gets a NaN parameter: a divergence.'''
+    def bad_site(self):
+        w = next(self.parameters())
+        pyro.sample("bad", dist.Normal(w.sum() * float("nan"), 1.0), obs=torch.tensor(0.0))
+
+
+class OutOfSupportVAE(Armed):
+    '''Once armed, a Bernoulli site observes 2: a model error with a finite loss, not a divergence.'''
+    def bad_site(self):
+        pyro.sample("bad", dist.Bernoulli(probs=torch.tensor(0.5)), obs=torch.tensor(2.0))
+"""
+
+
+def _armed(tmp_path, name, after):
+    from hlvm.registry import load_class
+
+    src = tmp_path / "bad_site.py"
+    src.write_text(BAD_SITE_MODELS)
+    spec = f"{src}:{name}"
+    load_class(spec).armed_after = after
+    return spec
+
+
+def test_nan_parameter_of_a_distribution_is_a_divergence(tmp_path, digits):
+    """Argument validation stops the step on a NaN distribution parameter; the loss without
+    validation is NaN, so the step diverged: TrainingDiverged, and the last checkpoint is kept."""
+    spec = _armed(tmp_path, "NaNLocVAE", 3)
+    t = Trainer(_cfg(tmp_path / "run", model=spec, steps=6, checkpoint_every=1), digits)
+    with pytest.raises(TrainingDiverged, match=r"^loss became nan at step 4 \(Expected parameter loc .*; training "
+                                               r"stopped and the last good checkpoint is kept"):
+        t.fit()
+    assert load_checkpoint(str(tmp_path / "run"))["step"] == 3
+
+
+def test_value_outside_the_support_is_a_model_error_not_a_divergence(tmp_path, digits):
+    """Validation refuses an observed value outside its distribution's support; the loss without
+    validation is finite, so this is the model's error, raised as itself — not reported as a NaN
+    divergence (as matching "invalid values" in the message did)."""
+    spec = _armed(tmp_path, "OutOfSupportVAE", 2)
+    t = Trainer(_cfg(tmp_path / "run", model=spec, steps=6, checkpoint_every=1), digits)
+    with pytest.raises(ValueError, match="within the support") as e:
+        t.fit()
+    assert not isinstance(e.value, TrainingDiverged) and "invalid values" in str(e.value)
+    assert t.step == 2 and all(torch.isfinite(p).all() for p in t.model.parameters())
+
+
+def test_config_changes_are_records_filtered_by_field():
+    from hlvm.training.checks import ALLOWED_ON_RESUME, QUIET_ON_RESUME, ConfigChange, config_changes
+
+    saved = {"lr": 1e-3, "steps": 4, "progress": True, "resume": False}
+    refused, allowed = config_changes(saved, {"lr": 1e-2, "steps": 8, "progress": False, "resume": True, "seed": 1},
+                                      {"seed": 0})
+    assert refused == [ConfigChange("lr", 1e-3, 1e-2), ConfigChange("seed", 0, 1)]
+    assert [c.field for c in allowed] == ["steps", "progress", "resume"]
+    assert str(refused[0]) == "lr 0.001 → 0.01"
+    assert set(QUIET_ON_RESUME) <= set(ALLOWED_ON_RESUME)
+
+
+def test_resume_log_names_changed_fields_but_not_the_quiet_ones(run4, tmp_path, digits):
+    out = _copy(run4, tmp_path)
+    lines = []
+    Trainer(_cfg(out, steps=6, resume=True, progress=True, eval_every=3), digits, log=lines.append)
+    assert lines == [f"resuming {out / 'checkpoint.pt'} at step 4 with changed settings: steps 4 → 6; "
+                     f"out {str(run4)!r} → {str(out)!r}; eval_every 100 → 3"]  # not progress, resume
+
+
 # ------------------------------------------------------------------------------ late failures
 def test_failed_evaluation_keeps_the_trained_checkpoint(tmp_path, digits, monkeypatch):
     t = Trainer(_cfg(tmp_path, steps=3), digits)

@@ -1,11 +1,15 @@
 """Training a hierarchy with Pyro SVI, as named stages (docs/architecture.md): the run's plan
-(options, folder, resume: :mod:`.checks`), its data, model and objective, the loop
-(:mod:`.trainer`), checkpoints (:mod:`.checkpoints`) and the monitor (:mod:`.monitor`); with the
-single torch optimizer (:mod:`.optim`), the recorded step (:mod:`.compile`), KL warm-up
-(:mod:`.anneal`) and free bits (:mod:`.free_bits`)."""
+(options: :mod:`.config`; folder and resume: :mod:`.checks`; processes: :mod:`.parallel`), its
+data, model and objective, and the loop (:mod:`.trainer`), whose steps (:mod:`.step`) each hand a
+:class:`~hlvm.training.step.StepRecord` to the monitor (:mod:`.monitor`), with checkpoints
+(:mod:`.checkpoints`); with the single torch optimizer (:mod:`.optim`), the EMA weights
+(:mod:`.ema`), the recorded step (:mod:`.compile`, its Pyro internals in :mod:`.pyro_internals`),
+KL warm-up (:mod:`.anneal`) and free bits (:mod:`.free_bits`)."""
 
 from .checkpoints import CHECKPOINT, load_checkpoint, load_run_checkpoint, save_checkpoint
-from .trainer import WARMUP_STEPS, EvaluationFailed, TrainConfig, Trainer, TrainingDiverged, train
+from .config import TrainConfig
+from .step import StepRecord
+from .trainer import WARMUP_STEPS, EvaluationFailed, Trainer, TrainingDiverged, train
 
 __all__ = ["TrainConfig", "Trainer", "TrainingDiverged", "EvaluationFailed", "train", "WARMUP_STEPS", "CHECKPOINT",
-           "save_checkpoint", "load_checkpoint", "load_run_checkpoint"]
+           "StepRecord", "save_checkpoint", "load_checkpoint", "load_run_checkpoint"]

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import glob
 import os
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -17,8 +19,9 @@ from ..programs.chain import check_T
 from ..limits import ESTIMATORS
 from ..validate import check_device, check_float, check_int
 
-__all__ = ["validate_config", "check_compare_options", "prepare_run_folder", "writable_folder", "clean_stale_tmp", "config_changes",
-           "check_data_fits", "ALLOWED_ON_RESUME", "MAX_SEED", "MAX_FREE_BITS", "ESTIMATORS", "IWAE_BUDGET"]
+__all__ = ["validate_config", "check_compare_options", "prepare_run_folder", "writable_folder", "clean_stale_tmp",
+           "config_changes", "ConfigChange", "check_data_fits", "ALLOWED_ON_RESUME", "QUIET_ON_RESUME", "MAX_SEED",
+           "MAX_FREE_BITS", "ESTIMATORS", "IWAE_BUDGET"]
 
 #: the largest seed NumPy's generator accepts
 MAX_SEED = 2**32 - 1
@@ -28,6 +31,8 @@ IWAE_BUDGET = 10**7
 #: settings that may change on ``--resume`` (they do not alter the trained parameters); logged
 ALLOWED_ON_RESUME = ("steps", "epochs", "eval_every", "eval_examples", "checkpoint_every", "progress", "resume",
                      "overwrite", "out", "data_dir", "device", "log_every", "tensorboard", "compile", "threads")
+#: allowed changes not worth a log line on resume (the flags of how the run is started and shown)
+QUIET_ON_RESUME = ("resume", "overwrite", "progress")
 #: the largest --free-bits (nats per example and layer): far above any layer's KL (where it only turns
 #: the KL off), and small enough that λ · examples · layers stays finite
 MAX_FREE_BITS = 1e6
@@ -163,14 +168,27 @@ def clean_stale_tmp(folder: str) -> list[str]:
 
 
 # --------------------------------------------------------------------------------- resume
-def config_changes(saved: dict, current: dict, defaults: dict) -> tuple[list[str], list[str]]:
-    """(refused, allowed) differences between a checkpoint's config and the current one, each
-    ``"name A → B"``; keys absent from an older checkpoint take their default."""
+@dataclass(frozen=True)
+class ConfigChange:
+    """One setting that differs between a checkpoint's config and the current one; shown as
+    ``"name A → B"``."""
+
+    field: str
+    before: Any
+    after: Any
+
+    def __str__(self) -> str:
+        return f"{self.field} {self.before!r} → {self.after!r}"
+
+
+def config_changes(saved: dict, current: dict, defaults: dict) -> tuple[list[ConfigChange], list[ConfigChange]]:
+    """(refused, allowed) differences between a checkpoint's config and the current one (allowed:
+    the fields in :data:`ALLOWED_ON_RESUME`); keys absent from an older checkpoint take their default."""
     refused, allowed = [], []
     for key in current:
         before = saved.get(key, defaults.get(key))
         if before != current[key]:
-            (allowed if key in ALLOWED_ON_RESUME else refused).append(f"{key} {before!r} → {current[key]!r}")
+            (allowed if key in ALLOWED_ON_RESUME else refused).append(ConfigChange(key, before, current[key]))
     return refused, allowed
 
 

@@ -19,6 +19,9 @@ Safeguards (each a one-line notice and Pyro's own step from then on):
   guide has non-reparameterized sites (whose surrogate loss is not the ELBO);
 * a new input shape, dtype or device records again (a per-signature cache).
 
+The two places where recording needs Pyro's private state are isolated in
+:mod:`hlvm.training.pyro_internals` (and tested against Pyro there).
+
 References: Bingham et al., *Pyro: Deep Universal Probabilistic Programming*, JMLR 2019 (the
 ELBO being replayed); Reed et al., *torch.fx*, MLSys 2022 (the program capture).
 
@@ -35,34 +38,15 @@ import warnings
 from typing import Callable
 
 import pyro
-import pyro.infer.trace_elbo as _trace_elbo
-import pyro.infer.trace_mean_field_elbo as _mean_field
 import torch
 from pyro import poutine
 from pyro.infer.util import zero_grads
 from pyro.poutine.util import prune_subsample_sites
 
 from .checkpoints import rng_state, set_rng_state
+from .pyro_internals import ParamSlots, without_readouts
 
-__all__ = ["RecordedLoss", "CompiledSVI", "compile_step", "SVIWithReplay"]
-
-_READOUTS = ("torch_item", "warn_if_nan")  # Pyro's scalar read-outs for reporting: not part of the gradient
-
-
-@contextlib.contextmanager
-def _without_readouts():
-    """Skip Pyro's ``.item()`` read-outs while recording (they would end the record)."""
-    saved = []
-    for module in (_trace_elbo, _mean_field):
-        for name in _READOUTS:
-            if hasattr(module, name):
-                saved.append((module, name, getattr(module, name)))
-                setattr(module, name, (lambda v, *a, **k: v))
-    try:
-        yield
-    finally:
-        for module, name, fn in saved:
-            setattr(module, name, fn)
+__all__ = ["RecordedLoss", "CompiledSVI", "compile_step"]
 
 
 @contextlib.contextmanager
@@ -80,42 +64,6 @@ def _signature(args, kwargs):
     def sig(v):
         return (tuple(v.shape), v.dtype, v.device) if isinstance(v, torch.Tensor) else ("py", repr(v))
     return tuple(sig(a) for a in args), tuple((k, sig(v)) for k, v in sorted(kwargs.items()))
-
-
-class _Slots:
-    """Every place a parameter tensor is read from — ``module._parameters`` entries and the Pyro
-    param store — swapped to stand-ins for the length of a ``with`` block."""
-
-    def __init__(self, params: list[torch.Tensor], modules):
-        ids = {id(p): k for k, p in enumerate(params)}
-        self.places = []  # (dict, key, index)
-        for m in modules:
-            for name, p in m._parameters.items():
-                if p is not None and id(p) in ids:
-                    self.places.append((m._parameters, name, ids[id(p)]))
-        store = pyro.get_param_store()._params
-        for name, p in store.items():
-            if id(p) in ids:
-                self.places.append((store, name, ids[id(p)]))
-        self.reached = {k for _, _, k in self.places}
-
-    @contextlib.contextmanager
-    def swapped(self, values):
-        """Stand-ins in every place; afterwards every place, and the param store's bookkeeping
-        (which ``pyro.module`` rewrites when it meets the stand-ins), exactly as before."""
-        store = pyro.get_param_store()
-        books = [(d, dict(d)) for d in (store._params, store._param_to_name, store._constraints)]
-        saved = [(d, key, d[key]) for d, key, _ in self.places]
-        try:
-            for d, key, k in self.places:
-                d[key] = values[k]
-            yield
-        finally:
-            for d, key, v in saved:
-                d[key] = v
-            for d, before in books:
-                d.clear()
-                d.update(before)
 
 
 def _mutates_state(graph: torch.fx.GraphModule) -> bool:
@@ -187,13 +135,13 @@ class RecordedLoss:
     def _record(self, params, args, kwargs):
         from torch.fx.experimental.proxy_tensor import make_fx
 
-        slots = _Slots(params, self._modules())
+        slots = ParamSlots(params, self._modules())
         if len(slots.reached) < len(params):
             return None, f"{len(params) - len(slots.reached)} parameter(s) live outside the hierarchy's modules and the param store"
         elbo, model, guide = self.elbo, self.model, self.guide
 
         def step(ps, a):
-            with slots.swapped(ps), pyro.validation_enabled(False), _without_readouts():
+            with slots.swapped(ps), pyro.validation_enabled(False), without_readouts():
                 loss = elbo.differentiable_loss(model, guide, *a, **kwargs)
             grads = torch.autograd.grad(loss, ps, allow_unused=True)
             return loss, [torch.zeros_like(p) if g is None else g for p, g in zip(ps, grads)]
@@ -326,23 +274,3 @@ def compile_step(model, guide, elbo, optim, check_every: int = 100, log=None, cu
     """An SVI whose step is recorded once per input signature and replayed (see module docs);
     ``cuda_graph=True`` also captures it in a CUDA graph."""
     return CompiledSVI(model, guide, optim, elbo, check_every=check_every, log=log, cuda_graph=cuda_graph)
-
-
-class SVIWithReplay(pyro.infer.SVI):
-    """:class:`pyro.infer.SVI` for a ``loss_and_grads`` that may replay a :class:`RecordedLoss`:
-    a replay runs no ``pyro.param`` statement, so SVI's parameter capture would see none of the
-    parameters it gave gradients to.  The loss function appends them to :attr:`replayed`; the step
-    updates the union, exactly as ``SVI.step`` updates what it captured."""
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.replayed: list[torch.Tensor] = []
-
-    def step(self, *args, **kwargs) -> float:
-        self.replayed.clear()
-        with poutine.trace(param_only=True) as capture:
-            loss = self.loss_and_grads(self.model, self.guide, *args, **kwargs)
-        params = {s["value"].unconstrained() for s in capture.trace.nodes.values()} | set(self.replayed)
-        self.optim(params)
-        zero_grads(params)
-        return float(loss)

@@ -4,7 +4,8 @@
   (a log file, a pipe, CI) or ``log_every`` is set, one plain line every ``log_every`` steps
   (``0``: automatic, about twenty lines a run) instead of a bar redrawn with carriage returns.
 * **Metrics file.** ``metrics.jsonl`` in the run folder: one JSON object a line, ``"kind": "train"``
-  for every step run (step, loss, bits/dim, learning rate, gradient norm, KL weight, seconds) and
+  for every step run (step, loss, bits/dim, learning rate, gradient norm, KL weight, whether the update
+  was skipped, seconds: the step's :class:`~hlvm.training.step.StepRecord`) and
   ``"kind": "eval"`` for every evaluation (test ELBO, bits/dim, its terms; for an estimator that
   does not read them from its own trace, such as ``TraceMeanField_ELBO``, the terms come from
   their own draw of the latents and add up to the ELBO only up to Monte Carlo error).  A resumed run keeps
@@ -21,10 +22,12 @@ import math
 import os
 import sys
 import time
+from typing import Callable
 
 import torch
 
-__all__ = ["METRICS", "RunMonitor", "MetricsFile", "elbo_terms", "line_mode", "read_metrics", "auto_log_every"]
+__all__ = ["METRICS", "RunMonitor", "MetricsFile", "elbo_terms", "line_mode", "read_metrics", "auto_log_every",
+           "sample_grid"]
 
 METRICS = "metrics.jsonl"
 AUTO_LINES = 20  # progress lines a run prints in line mode with log_every = 0
@@ -132,59 +135,63 @@ class _Bar:
 class RunMonitor:
     """Progress, metrics file and optional TensorBoard of one :class:`hlvm.training.Trainer` run.
 
-    :param trainer: the trainer (its ``cfg``, ``step``, ``total_steps``, ``data``, ``optim``, ``model``).
+    It reports what it is handed — a :class:`~hlvm.training.step.StepRecord` per step, an
+    evaluation per evaluation — and reads nothing back from the trainer.
+
+    :param cfg: the run's :class:`~hlvm.training.TrainConfig` (``out``, ``model``, ``progress``,
+        ``log_every``, ``tensorboard``).
+    :param data: the run's :class:`~hlvm.data.DataSplit` (its name and dimension).
+    :param int total: the step the run ends at.
+    :param int start: the step it starts from (a resumed run's checkpoint step; 0 for a new run).
     :param enabled: False on the ranks other than 0 of a data-parallel run: nothing is written.
     """
 
-    def __init__(self, trainer, enabled: bool = True):
-        cfg = trainer.cfg
-        self.trainer, self.enabled, self.t0 = trainer, enabled, time.perf_counter()
+    def __init__(self, cfg, data, total: int, start: int = 0, enabled: bool = True):
+        self.enabled, self.t0 = enabled, time.perf_counter()
         self.last_loss = float("nan")
         self.step_times: list[float] = []
-        self.bits = 1.0 / (trainer.data.dim * math.log(2))
-        total, desc = trainer.total_steps, f"{cfg.model} on {trainer.data.name}"
-        log_every = getattr(cfg, "log_every", 0)
+        self.bits = 1.0 / (data.dim * math.log(2))
+        desc = f"{cfg.model} on {data.name}"
         show = enabled and cfg.progress
-        if show and line_mode(log_every):
-            self.progress = _Lines(total, log_every or auto_log_every(total), desc)
+        if show and line_mode(cfg.log_every):
+            self.progress = _Lines(total, cfg.log_every or auto_log_every(total), desc)
         else:
-            self.progress = _Bar(total, trainer.step, desc, show)
-        self.metrics = MetricsFile(cfg.out, trainer.step) if enabled else None
-        self.tb = _summary_writer(cfg.out) if enabled and getattr(cfg, "tensorboard", False) else None
+            self.progress = _Bar(total, start, desc, show)
+        self.metrics = MetricsFile(cfg.out, start) if enabled else None
+        self.tb = _summary_writer(cfg.out) if enabled and cfg.tensorboard else None
 
-    def on_step(self, loss: float, step_seconds: float) -> None:
-        """After a step: ``loss`` is the step's objective in nats per example."""
-        t = self.trainer
-        bpd = loss * self.bits
-        self.last_loss = loss
-        self.step_times.append(step_seconds)
-        self.progress.update(t.step, loss, bpd)
+    def on_step(self, record) -> None:
+        """After a step: its :class:`~hlvm.training.step.StepRecord` (loss in nats per example)."""
+        bpd = record.loss * self.bits
+        self.last_loss = record.loss
+        self.step_times.append(record.seconds)
+        self.progress.update(record.step, record.loss, bpd)
         if not self.enabled:
             return
-        record = {"kind": "train", "step": t.step, "loss": loss, "bpd": bpd, "lr": _lr(t.optim),
-                  "grad_norm": float(getattr(t.optim, "last_grad_norm", float("nan"))),
-                  "beta": _beta(t), "step_seconds": step_seconds, "seconds": time.perf_counter() - self.t0}
-        self.metrics.write(record)
+        line = {"kind": "train", "step": record.step, "loss": record.loss, "bpd": bpd, "lr": record.lr,
+                "grad_norm": record.grad_norm, "beta": record.beta, "skipped": record.skipped,
+                "step_seconds": record.seconds, "seconds": time.perf_counter() - self.t0}
+        self.metrics.write(line)
         if self.tb is not None:
             for k in ("loss", "bpd", "lr", "grad_norm", "beta"):
-                self.tb.add_scalar(f"train/{k}", record[k], t.step)
+                self.tb.add_scalar(f"train/{k}", line[k], record.step)
 
-    def on_eval(self, ev: dict) -> None:
-        """After an evaluation: ``ev`` holds ``elbo``, ``bpd`` and optionally ``terms``."""
-        t = self.trainer
-        self.progress.write(f"step {t.step:6d}  train ELBO {-self.last_loss:9.3f}  test ELBO {ev['elbo']:9.3f} nats  {ev['bpd']:.4f} bits/dim")
+    def on_eval(self, step: int, ev: dict, samples: Callable[[], torch.Tensor | None] | None = None) -> None:
+        """After the evaluation at ``step``: ``ev`` holds ``elbo``, ``bpd`` and optionally ``terms``;
+        ``samples()`` gives the sample grid for TensorBoard (called only when TensorBoard is on)."""
+        self.progress.write(f"step {step:6d}  train ELBO {-self.last_loss:9.3f}  test ELBO {ev['elbo']:9.3f} nats  {ev['bpd']:.4f} bits/dim")
         if not self.enabled:
             return
-        record = {"kind": "eval", "step": t.step, "elbo": ev["elbo"], "bpd": ev["bpd"], **ev.get("terms", {}),
+        record = {"kind": "eval", "step": step, "elbo": ev["elbo"], "bpd": ev["bpd"], **ev.get("terms", {}),
                   "seconds": time.perf_counter() - self.t0}
         self.metrics.write(record)
         if self.tb is not None:
             for k, v in record.items():
                 if k not in ("kind", "step", "seconds"):
-                    self.tb.add_scalar(f"eval/{k}", v, t.step)
-            grid = _sample_grid(t)
+                    self.tb.add_scalar(f"eval/{k}", v, step)
+            grid = samples() if samples is not None else None
             if grid is not None:
-                self.tb.add_image("samples", grid, t.step)
+                self.tb.add_image("samples", grid, step)
             self.tb.flush()
 
     def seconds_per_step(self, warmup: int = 1) -> float:
@@ -206,36 +213,18 @@ def _summary_writer(folder: str):
     return SummaryWriter(log_dir=folder)
 
 
-def _lr(optim) -> float:
-    torch_optim = getattr(optim, "optim", None)
-    if torch_optim is not None and torch_optim.param_groups:
-        return float(torch_optim.param_groups[0]["lr"])
-    return float(getattr(optim, "pt_optim_args", {}).get("lr", float("nan")))
-
-
-def _beta(trainer) -> float:
-    from .anneal import warmup_beta
-
-    return float(warmup_beta(trainer.step - 1, trainer.cfg.kl_warmup))
-
-
-def _sample_grid(trainer, n: int = 16):
-    """A (3, H, W) grid of ``n`` samples of the model (EMA weights when EMA is on), or None for
-    data that are not images."""
+def sample_grid(model, shape: tuple, kind: str, seed: int, n: int = 16) -> torch.Tensor | None:
+    """A (3, H, W) grid of ``n`` samples of ``model`` drawn at ``seed`` (the global random state is
+    left as it was), or None for data of ``shape`` that are not images (C, H, W)."""
     from torchvision.utils import make_grid
 
     from ..programs.sample import draw
 
-    shape = tuple(trainer.data.shape)
     if len(shape) != 3:
         return None
-    trainer.swap_ema()
-    try:
-        with torch.no_grad(), torch.random.fork_rng():
-            torch.manual_seed(trainer.cfg.seed)
-            x = draw(trainer.model, n).reshape(n, *shape).detach().float().cpu()
-    finally:
-        trainer.swap_ema()
-    if trainer.data.kind == "8bit":
+    with torch.no_grad(), torch.random.fork_rng():
+        torch.manual_seed(seed)
+        x = draw(model, n).reshape(n, *shape).detach().float().cpu()  # (n, C, H, W)
+    if kind == "8bit":
         x = x / 255.0
     return make_grid(x.clamp(0, 1), nrow=int(math.ceil(math.sqrt(n))), padding=1, pad_value=0.5)

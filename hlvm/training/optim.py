@@ -20,13 +20,21 @@ Example::
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import pyro
 import torch
 from pyro.optim import PyroOptim
 
-__all__ = ["SingleOptim", "Adam", "AdamW"]
+__all__ = ["SingleOptim", "Update", "Adam", "AdamW"]
+
+
+class Update(NamedTuple):
+    """What one optimizer call did: the global gradient norm before clipping (None when neither
+    clipping nor skipping asked for it) and whether the update was skipped."""
+
+    grad_norm: float | None
+    skipped: bool
 
 
 class SingleOptim(PyroOptim):
@@ -38,8 +46,8 @@ class SingleOptim(PyroOptim):
     :param float skip_norm: skip the update (VDVAE's "update skipping", Child 2021) when the global
         gradient norm, before clipping, exceeds this or is not finite (optional); ``skipped`` counts them.
 
-    ``last_grad_norm`` holds the global gradient norm of the last step when clipping or skipping
-    (a caller that computes it anyway, like hlvm's Trainer, may set it for the other steps).
+    Each call returns an :class:`Update`: the global gradient norm when clipping or skipping
+    computed it, and whether the update was skipped.
 
     .. warning:: A fixed ``skip_norm`` must lie above the gradient norms of the first steps, which
         are larger than later ones; set too low, every update is skipped and nothing trains.
@@ -59,7 +67,7 @@ class SingleOptim(PyroOptim):
             raise ValueError(f"skip_norm must be positive, got {skip_norm}")
         super().__init__(optim_constructor, optim_args)
         self.clip_norm, self.skip_norm = clip_norm, skip_norm
-        self.skipped, self.last_grad_norm = 0, float("nan")  # updates skipped (gradient norm above skip_norm)
+        self.skipped = 0  # updates skipped (gradient norm above skip_norm)
         self.optim = None  # the torch optimizer, built on the first call
         self._groups: list[list[str]] = []  # param-store names of each param group
         self._members: set = set()
@@ -94,22 +102,33 @@ class SingleOptim(PyroOptim):
         self._groups.append([n for n, _ in named])
         self._members.update(p for _, p in named)
 
-    def __call__(self, params, *args, **kwargs) -> None:
+    @property
+    def lr(self) -> float:
+        """The learning rate of the (first) param group: what the next step uses."""
+        if self.optim is not None and self.optim.param_groups:
+            return float(self.optim.param_groups[0]["lr"])
+        return float(self.pt_optim_args.get("lr", float("nan")))
+
+    def __call__(self, params, *args, **kwargs) -> Update:
         """One optimizer step over ``params`` (an iterable of unconstrained parameters)."""
         params = list(params)
         new = [p for p in params if p not in self._members]
         if new:
             self._add(new)
-        grads = [p for p in params if p.grad is not None]
+        wanted = set(params)
+        # in the optimizer's own (param-store name) order, not the caller's: SVI hands a set, whose
+        # order follows memory addresses, and the norm's float sum must not (exact resume)
+        grads = [p for group in self.optim.param_groups for p in group["params"] if p in wanted and p.grad is not None]
+        norm = None
         if self.skip_norm is not None or self.clip_norm is not None:
-            norm = torch.nn.utils.clip_grad_norm_(grads, self.clip_norm if self.clip_norm is not None else float("inf"))
-            self.last_grad_norm = float(norm)
-            if self.skip_norm is not None and not float(norm) <= self.skip_norm:  # VDVAE's update skipping (also NaN)
+            norm = float(torch.nn.utils.clip_grad_norm_(grads, self.clip_norm if self.clip_norm is not None else float("inf")))
+            if self.skip_norm is not None and not norm <= self.skip_norm:  # VDVAE's update skipping (also NaN)
                 self.skipped += 1
                 self.optim.zero_grad(set_to_none=True)
-                return
+                return Update(norm, True)
         self.optim.step(*args, **kwargs)
         self.optim.zero_grad(set_to_none=True)
+        return Update(norm, False)
 
     def get_state(self) -> dict:
         """The torch optimizer's state dict with the param-store names of each group."""

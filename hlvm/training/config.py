@@ -1,0 +1,52 @@
+"""The options of a training run: one :class:`TrainConfig`, saved inside each checkpoint."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .checks import validate_config
+
+__all__ = ["TrainConfig"]
+
+
+@dataclass
+class TrainConfig:
+    """Everything that defines a training run (saved inside each checkpoint; the CLI spells each
+    field as an option, ``batch_size`` as ``--batch-size``)."""
+
+    model: str = "vae"
+    data: str = "mnist5k"
+    binarize: str = "static"
+    data_dir: str | None = None
+    steps: int | None = None
+    epochs: int | None = None
+    batch_size: int = 128
+    lr: float = 1e-3
+    T: int | None = None
+    layers: int | None = None
+    estimator: str = "auto"
+    device: str = "cpu"
+    seed: int = 0
+    out: str = "runs/train"
+    resume: bool = False
+    overwrite: bool = False
+    ema: float = 0.0
+    amp: bool = False
+    eval_every: int = 0
+    eval_examples: int = 1000
+    checkpoint_every: int = 0
+    grad_shards: int = 1
+    kl_warmup: int = 0
+    free_bits: float = 0.0
+    grad_clip: float | None = None
+    skip_norm: float | None = None
+    progress: bool = True
+    log_every: int = 0
+    tensorboard: bool = False
+    compile: bool = False
+    threads: int | None = None
+    model_kwargs: dict = field(default_factory=dict)
+
+    def validate(self) -> None:
+        """Raise ValueError naming the first option out of its range (:func:`hlvm.training.checks.validate_config`)."""
+        validate_config(self)
