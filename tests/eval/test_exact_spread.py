@@ -15,6 +15,7 @@ import torch
 
 import hlvm
 from hlvm.data import load_dataset
+from hlvm.training.optim import Adam
 from models import VDM
 
 from conftest import DEVICE
@@ -32,7 +33,7 @@ def test_exact_evaluation_spread_across_seeds(mnist5k, schedule):
     pyro.clear_param_store()
     pyro.set_rng_seed(0)
     vdm = VDM(schedule=schedule, width=64, depth=1).to(DEVICE, torch.float32)
-    svi = pyro.infer.SVI(vdm.model, vdm.guide, hlvm.training.optim.Adam({"lr": 2e-3}), hlvm.DiffusionELBO())
+    svi = pyro.infer.SVI(vdm.model, vdm.guide, Adam({"lr": 2e-3}), hlvm.DiffusionELBO())
     g = torch.Generator().manual_seed(0)
     for _ in range(30):  # brief training: away from the initialisation, as in the reported case
         idx = torch.randint(0, mnist5k.train.shape[0], (64,), generator=g)
