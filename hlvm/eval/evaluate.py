@@ -48,7 +48,7 @@ from .possible import check_possible
 from .psis import KHAT_THRESHOLD, MIN_KHAT_SAMPLES, ParetoKWarning, khat_summary, pareto_khat
 from .weights import per_example_log_weights, per_site_terms
 
-__all__ = ["evaluate", "data_chain", "has_data_chain", "own_bounds"]
+__all__ = ["evaluate", "data_chain", "has_data_chain"]
 
 _CHAIN_KEYS = ("reconstruction", "prior", "diffusion", "loss")
 
@@ -311,18 +311,6 @@ def has_data_chain(model) -> bool:
         return True
     except ValueError:
         return False
-
-
-def own_bounds(model) -> dict:
-    """Which bounds beyond the ELBO belong to ``model`` itself (one model per column):
-
-    * ``iwae`` — its program is the model: no continuous-time chain (a discretized chain would be
-      another model);
-    * ``pfode`` — a continuous-time diffusion chain over the data, whose probability-flow ODE bound
-      takes the IWAE's place (a discrete-T model's own bound is its IWAE).
-    """
-    continuous = any(c.T is None for c in chains_of(model))
-    return {"iwae": not continuous, "pfode": continuous and has_data_chain(model)}
 
 
 def _pfode_loop(model, x, samples, batch, ode_options) -> dict:
