@@ -20,7 +20,7 @@ import torch
 
 from ..data import load_dataset
 from ..eval.psis import MIN_KHAT_SAMPLES
-from ..eval.score import own_bounds, score
+from ..eval.scores import own_bounds, score
 from ..training.checks import check_compare_options, writable_folder
 from ..training import EvaluationFailed, TrainConfig, Trainer, WARMUP_STEPS
 from ..programs.sample import draw

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..eval.score import score
+from ..eval.scores import score
 
 __all__ = ["Profile", "PROFILES", "ROWS", "run_results", "write_page"]
 
