@@ -1,15 +1,16 @@
 """``make results``: the zoo trained on full binarized MNIST, set beside the published numbers.
 
-A long job (never part of the tests), resumable: each model trains through :class:`~hlvm.training.Trainer`
-with a checkpoint per epoch, and each finished row is saved to ``results.json`` at once, so
-rerunning continues from the models and rows already done.  One progress line per model per epoch.
+A long job (only its ``smoke`` profile runs in the tests), resumable: each model trains through
+:class:`~hlvm.training.Trainer` with a checkpoint per epoch, and each finished row is saved to
+``results.json`` at once, so rerunning continues from the models and rows already done.  One
+progress line per model per epoch.
 
-Protocol (``../shared/DESIGN.md``): train on the 60,000 training images with dynamic binarization,
-test on the 10,000 test images binarized once (seed ``hlvm.data.MNIST_TEST_SEED``); test ELBO, the
-IWAE bound (Burda et al. 2016) with K importance samples, the probability-flow ODE bound for
-diffusion models, bits/dim = nats / (784 ln 2), PSIS k̂ and active units.  Every number is a lower
-bound on log p(x) of its row's model, in nats per image; the page shows NLL = −bound beside the
-published NLLs.
+Protocol: train on the 60,000 training images with dynamic binarization, test on the 10,000 test
+images binarized once (seed :data:`hlvm.data.MNIST_TEST_SEED`); test ELBO, the IWAE bound (Burda
+et al. 2016) with K importance samples, the probability-flow ODE bound for diffusion models,
+bits/dim = nats / (784 ln 2), PSIS k̂ and active units, all from :func:`hlvm.eval.score`.  Every
+number is a lower bound on log p(x) of its row's model, in nats per image; the page shows
+NLL = −bound beside the published NLLs.
 """
 
 from __future__ import annotations
