@@ -23,7 +23,6 @@ from ..eval.psis import MIN_KHAT_SAMPLES
 from ..eval.scores import own_bounds, score
 from ..training.checks import check_compare_options, writable_folder
 from ..training import EvaluationFailed, TrainConfig, Trainer, WARMUP_STEPS
-from ..programs.sample import draw
 from ..registry import accepts, load_class
 from .files import files_section
 
@@ -153,14 +152,12 @@ def _evaluate_row(name, trainer, result, data, seed, settings, log):
 
 def _figures(model, tag, data, trainer, seed, out, render, log) -> list[str]:
     """Sample grid, reconstructions and plate diagram of one model; the file names written."""
-    from .plots import save_grid
+    from .plots import save_grid, save_samples
 
     files = []
     if len(data.shape) == 3:
+        files.append(save_samples(model, os.path.join(out, f"samples_{tag}.png"), data.shape, data.kind, seed))
         with torch.no_grad():
-            torch.manual_seed(seed)
-            samples = draw(model, 64)
-            files.append(save_grid(samples.reshape(64, *data.shape).cpu(), os.path.join(out, f"samples_{tag}.png"), data.kind))
             x = data.test[:32].to(trainer.device, trainer.dtype)
             rec = model.reconstruct(x) if callable(getattr(model, "reconstruct", None)) else None
             if rec is not None:

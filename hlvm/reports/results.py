@@ -205,15 +205,13 @@ def _iwae_budget(p: Profile, model, n_test: int) -> tuple[int, int]:
 
 def _row_figures(job: _Job, row: str, trainer) -> list[str]:
     """The row's test-ELBO curve and (image data) a grid of 64 samples drawn from seed 0; their file names."""
-    from ..programs.sample import draw
-    from .plots import plot_curves, save_grid
+    from .plots import plot_curves, save_samples
 
     stem = os.path.join(job.out, f"results_{job.profile}_{row}")
     plot_curves({row: ([h["step"] for h in trainer.history], [h["test_elbo"] for h in trainer.history])},
                 stem + "_curve.png")
     if len(job.data.shape) == 3:
-        torch.manual_seed(0)
-        save_grid(draw(trainer.model, 64).reshape(64, *job.data.shape).cpu(), stem + "_samples.png", job.data.kind)
+        save_samples(trainer.model, stem + "_samples.png", job.data.shape, job.data.kind, seed=0)
     return [os.path.basename(stem + "_curve.png"), os.path.basename(stem + "_samples.png")]
 
 
