@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from hlvm.cli.train import add_common, config_from
 
+__all__ = ["DEFAULT_MODELS", "register", "add_arguments", "run"]
+
 DEFAULT_MODELS = "vae,hvae-bu,hvae-td,vdm"
 
 

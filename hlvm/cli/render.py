@@ -34,7 +34,7 @@ def register(sub):
     p.add_argument("model", help="vae | hvae-bu | hvae-td | vdm | all | path/to/file.py:ClassName")
     p.add_argument("--T", default="4", help="diffusion steps (an integer, or 'inf' for continuous time; default 4)")
     p.add_argument("--layers", type=int, default=3, help="stochastic layers of the hierarchical VAEs, 1..100 (default 3)")
-    p.add_argument("--out", default=".", help="output directory (created if missing; default .)")
+    p.add_argument("--out", default=".", help="output folder (created if missing; not a file; default .)")
     p.add_argument("--format", default="svg", choices=("svg", "png", "pdf", "dot"))
     p.add_argument("--distributions", action="store_true", help="label every site with its distribution")
     p.add_argument("--full", action="store_true", help="draw every step of long chains (chains of at most 100 steps)")
@@ -45,10 +45,12 @@ def run(args):
     from hlvm.graph import render_module
     from hlvm.graph.draw import FULL_MAX_STEPS
     from hlvm.registry import build_model, names
+    from hlvm.training.checks import writable_folder
     from hlvm.validate import check_int
 
     T = _steps(str(args.T))
     check_int("--layers", args.layers, 1, FULL_MAX_STEPS)  # every layer is drawn: Graphviz needs minutes above
+    writable_folder(args.out, "the diagrams")  # an existing file, or a file on the way: one line, before any work
     specs = names() if args.model == "all" else (args.model,)
     for spec in specs:
         module = build_model(spec, kind=None, T=T, layers=args.layers, strict=False)

@@ -1,6 +1,8 @@
 """``hlvm results --profile cpu|gpu|smoke``: the zoo on full MNIST beside the published numbers
 (``make results``; see :mod:`hlvm.reports.results`).  Resumable: rerun to continue."""
 
+__all__ = ["register", "run"]
+
 
 def register(sub):
     p = sub.add_parser("results", help="train and evaluate the zoo on full MNIST; write docs/results.md (long)")

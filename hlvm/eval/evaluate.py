@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from contextlib import nullcontext
+from contextlib import contextmanager
 
 import torch
 from pyro.infer import Trace_ELBO
@@ -48,7 +48,7 @@ from .possible import check_possible
 from .psis import KHAT_THRESHOLD, MIN_KHAT_SAMPLES, ParetoKWarning, khat_summary, pareto_khat
 from .weights import per_example_log_weights, per_site_terms
 
-__all__ = ["evaluate", "data_chain", "has_data_chain", "own_bounds"]
+__all__ = ["evaluate", "data_chain", "has_data_chain"]
 
 _CHAIN_KEYS = ("reconstruction", "prior", "diffusion", "loss")
 
@@ -133,99 +133,144 @@ def evaluate(model, data, elbo=None, batch_size: int = 500, K: int = 0, iwae_bat
     Runs under :func:`torch.no_grad` with ``model.eval()`` (training mode restored).
     """
     x = _as_tensor_on(model, data, max_examples)
-    n, D = x.shape[0], math.prod(x.shape[1:])
     if K:
         check_memory(iwae_memory, x.device)  # before any work
     if elbo is None:
         elbo = default_estimator(model, x)  # the estimator training uses: one rule (hlvm.estimators)
-    rng = (torch.random.fork_rng(devices=[x.device] if x.device.type == "cuda" else [])
-           if seed is not None else nullcontext())
+    with _seeded(seed, x.device), _eval_mode(model), torch.no_grad():
+        out = _bound_loop(model, x, elbo, batch_size, plate, breakdown)
+        if breakdown:
+            out["active_units"] = out.pop("_active").counts(au_threshold)
+            out["active_units_total"] = int(sum(out["active_units"].values()))
+        if K:
+            out.update(_iwae_loop(model, x, K, iwae_batch, steps, plate, iwae_memory))
+        if pfode:
+            out.update(_pfode_loop(model, x, pfode_samples, pfode_batch, ode_options or {}))
+    out = _with_units(out, x, elbo)
+    check_possible(out, model, x)
+    if K:
+        _warn_heavy_tails(out, K)
+    return out
+
+
+@contextmanager
+def _seeded(seed, device):
+    """All randomness inside drawn from ``seed`` (None: the global stream, untouched), the global
+    RNG state restored afterwards."""
+    if seed is None:
+        yield
+        return
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(seed)
+        yield
+
+
+@contextmanager
+def _eval_mode(model):
+    """``model.eval()`` inside, its training mode restored afterwards (a plain callable: nothing)."""
     was_training = model.training if isinstance(model, nn.Module) else None
     if was_training is not None:
         model.eval()
     try:
-        with rng, torch.no_grad():
-            if seed is not None:
-                torch.manual_seed(seed)
-            out = _bound_loop(model, x, elbo, batch_size, plate, breakdown)
-            if breakdown:
-                out["active_units"] = out.pop("_active").counts(au_threshold)
-                out["active_units_total"] = int(sum(out["active_units"].values()))
-            if K:
-                out.update(_iwae_loop(model, x, K, iwae_batch, steps, plate, iwae_memory))
-            if pfode:
-                out.update(_pfode_loop(model, x, pfode_samples, pfode_batch, ode_options or {}))
+        yield
     finally:
         if was_training is not None:
             model.train(was_training)
-    out = {"n_examples": n, "dim": D, "estimator": type(elbo).__name__, **out}
+
+
+def _with_units(out, x, elbo) -> dict:
+    """``out`` with the example count, D, the estimator's name, the ELBO and every bound in bits/dim."""
+    D = math.prod(x.shape[1:])
+    out = {"n_examples": x.shape[0], "dim": D, "estimator": type(elbo).__name__, **out}
     out["elbo"] = -out["nats"]
     out["bpd"] = out["nats"] / (D * math.log(2))
-    if pfode:
-        out["pfode_bpd"] = out["pfode_nats"] / (D * math.log(2))
-    if K:
-        out["iwae_bpd"] = out["iwae_nats"] / (D * math.log(2))
-    check_possible(out, model, x)
-    if K:
-        if out.get("khat_max", float("nan")) > KHAT_THRESHOLD:
-            warnings.warn(
-                f"max Pareto k̂ = {out['khat_max']:.2f} > {KHAT_THRESHOLD} "
-                f"({100 * out['khat_frac_gt_0.7']:.1f}% of examples): the importance weights are heavy-tailed "
-                f"and the IWAE bound with K={K} is unreliable (Vehtari et al. 2024)", ParetoKWarning, stacklevel=2)
+    for bound in ("pfode", "iwae"):
+        if f"{bound}_nats" in out:
+            out[f"{bound}_bpd"] = out[f"{bound}_nats"] / (D * math.log(2))
     return out
 
 
+def _warn_heavy_tails(out, K) -> None:
+    """:class:`ParetoKWarning` when the largest k̂ is above :data:`~hlvm.eval.psis.KHAT_THRESHOLD`."""
+    if out.get("khat_max", float("nan")) > KHAT_THRESHOLD:
+        warnings.warn(
+            f"max Pareto k̂ = {out['khat_max']:.2f} > {KHAT_THRESHOLD} "
+            f"({100 * out['khat_frac_gt_0.7']:.1f}% of examples): the importance weights are heavy-tailed "
+            f"and the IWAE bound with K={K} is unreliable (Vehtari et al. 2024)", ParetoKWarning, stacklevel=3)
+
+
 def _bound_loop(model, x, elbo, batch_size, plate, breakdown) -> dict:
-    """Σ over batches of −ELBO and, with ``breakdown``, of its terms; means over examples."""
-    n, total = x.shape[0], 0.0
-    per_example = []
-    chains: dict = {}
-    kl: dict = {}
-    recon = factor = 0.0
-    active = ActiveUnits(plate)
+    """Σ over batches of −ELBO and, with ``breakdown``, of its terms; means over examples.
+
+    When the estimator's loss is the −ELBO of one guide trace (:func:`_reads_from_trace`), the
+    loss and the breakdown come from the same draws; otherwise the estimator gives the loss and
+    an independent one-draw trace the breakdown.
+    """
     from_trace = _reads_from_trace(elbo)
     context = elbo if isinstance(elbo, DiffusionELBO) else None
-    for i in range(0, n, batch_size):
+    total, sums = 0.0, _TermSums(plate)
+    for i in range(0, x.shape[0], batch_size):
         xb = x[i:i + batch_size]
-        if not (breakdown or from_trace):
-            total += float(elbo.loss(model.model, model.guide, xb))
-            continue
         if not from_trace:
             total += float(elbo.loss(model.model, model.guide, xb))
+        if not (breakdown or from_trace):
+            continue
         terms = per_site_terms(model, None, xb, plate=plate, context=context)
-        per_example.append(terms["total"].detach().double().cpu())
         if from_trace:
             total += float(terms["total"].sum())
+        if breakdown:
+            sums.add(terms, xb.shape[0])
+    out: dict = {"nats": total / x.shape[0]}
+    if breakdown:
+        out.update(sums.means(x.shape[0], out["nats"]))
+    return out
+
+
+class _TermSums:
+    """Sums over batches of the terms of −ELBO (:func:`~hlvm.eval.weights.per_site_terms`): per
+    chain (DiffusionELBO's reconstruction / prior / diffusion / loss) or per site (KLs,
+    reconstruction, factors), the per-example totals and the active-unit statistics."""
+
+    def __init__(self, plate):
+        self.per_example, self.chains, self.kl = [], {}, {}
+        self.recon = self.factor = 0.0
+        self.active = ActiveUnits(plate)
+
+    def add(self, terms, batch) -> None:
+        self.per_example.append(terms["total"].detach().double().cpu())
         for name, t in bound_terms(terms["model_trace"]).items():
-            acc = chains.setdefault(name, dict.fromkeys(_CHAIN_KEYS, 0.0))
+            acc = self.chains.setdefault(name, dict.fromkeys(_CHAIN_KEYS, 0.0))
             for k in _CHAIN_KEYS:
                 acc[k] += float(getattr(t, k).sum())
             if t.diffusion_var is not None:
                 acc["diffusion_mc_var"] = acc.get("diffusion_mc_var", 0.0) + float(t.diffusion_var.sum())
-        recon += float(terms["reconstruction"].sum())
-        factor += float(terms["factor"].sum())
+        self.recon += float(terms["reconstruction"].sum())
+        self.factor += float(terms["factor"].sum())
         for name, v in terms["kl"].items():
-            kl[name] = kl.get(name, 0.0) + float(v.sum())
-        active.add(terms["guide_trace"], xb.shape[0])
-    out: dict = {"nats": total / n}
-    if not breakdown:
+            self.kl[name] = self.kl.get(name, 0.0) + float(v.sum())
+        self.active.add(terms["guide_trace"], batch)
+
+    def means(self, n, nats) -> dict:
+        """``nats_se``, the chain or site breakdown (means over the ``n`` examples) and ``_active``."""
+        out = {"nats_se": _se(torch.cat(self.per_example))}
+        out.update(self._chain_means(n, nats) if self.chains else self._site_means(n))
+        out["_active"] = self.active
         return out
-    out["nats_se"] = _se(torch.cat(per_example))
-    if chains:
-        out["chains"] = {name: {k: v / n for k, v in acc.items() if k in _CHAIN_KEYS} for name, acc in chains.items()}
-        mc_var = [acc["diffusion_mc_var"] for acc in chains.values() if "diffusion_mc_var" in acc]
+
+    def _chain_means(self, n, nats) -> dict:
+        out = {"chains": {name: {k: v / n for k, v in acc.items() if k in _CHAIN_KEYS}
+                          for name, acc in self.chains.items()}}
+        mc_var = [acc["diffusion_mc_var"] for acc in self.chains.values() if "diffusion_mc_var" in acc]
         if mc_var:  # exact evaluation: the quadrature's own Monte Carlo error of the mean over examples
             out["diffusion_mc_se"] = math.sqrt(sum(mc_var)) / n
         for k in ("reconstruction", "prior", "diffusion"):
             out[k] = sum(c[k] for c in out["chains"].values())
-        out["rest"] = out["nats"] - sum(c["loss"] for c in out["chains"].values())
-    else:
-        out["reconstruction"] = recon / n
-        out["kl"] = {k: v / n for k, v in kl.items()}
-        out["kl_total"] = sum(out["kl"].values())
-        out["factor"] = factor / n
-    out["_active"] = active
-    return out
+        out["rest"] = nats - sum(c["loss"] for c in out["chains"].values())
+        return out
+
+    def _site_means(self, n) -> dict:
+        kl = {k: v / n for k, v in self.kl.items()}
+        return {"reconstruction": self.recon / n, "kl": kl, "kl_total": sum(kl.values()), "factor": self.factor / n}
 
 
 def _iwae_loop(model, x, K, iwae_batch, steps, plate, memory) -> dict:
@@ -266,18 +311,6 @@ def has_data_chain(model) -> bool:
         return True
     except ValueError:
         return False
-
-
-def own_bounds(model) -> dict:
-    """Which bounds beyond the ELBO belong to ``model`` itself (one model per column):
-
-    * ``iwae`` — its program is the model: no continuous-time chain (a discretized chain would be
-      another model);
-    * ``pfode`` — a continuous-time diffusion chain over the data, whose probability-flow ODE bound
-      takes the IWAE's place (a discrete-T model's own bound is its IWAE).
-    """
-    continuous = any(c.T is None for c in chains_of(model))
-    return {"iwae": not continuous, "pfode": continuous and has_data_chain(model)}
 
 
 def _pfode_loop(model, x, samples, batch, ode_options) -> dict:

@@ -14,17 +14,15 @@ from __future__ import annotations
 import json
 import math
 import os
-import warnings
 from dataclasses import replace
 
 import torch
 
 from ..data import load_dataset
-from ..eval.evaluate import ParetoKWarning, evaluate, own_bounds
 from ..eval.psis import MIN_KHAT_SAMPLES
+from ..eval.scores import own_bounds, score
 from ..training.checks import check_compare_options, writable_folder
 from ..training import EvaluationFailed, TrainConfig, Trainer, WARMUP_STEPS
-from ..programs.sample import draw
 from ..registry import accepts, load_class
 from .files import files_section
 
@@ -127,19 +125,15 @@ def _report_model(report, name, tag, trainer, result, data, base, settings, out,
 
 
 def _evaluate_row(name, trainer, result, data, seed, settings, log):
+    """Score one trained model (:func:`hlvm.eval.score`) and make its table row and its details."""
     model, test = trainer.model, data.test.to(trainer.device, trainer.dtype)
-    own = own_bounds(model)
-    K, n_iwae, n_pf = settings["K"], settings["iwae_examples"], settings["pfode_examples"]
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", ParetoKWarning)
-        ev = evaluate(model, test[:settings["eval_examples"]], elbo=trainer.bound_estimator, seed=seed)
-        iw = (evaluate(model, test[:n_iwae], elbo=trainer.bound_estimator, K=K, seed=seed, breakdown=False)
-              if K and n_iwae and own["iwae"] else {})
-    for w in caught:
-        if issubclass(w.category, ParetoKWarning):
-            log(f"   warning ({name}): {w.message}")
-    pf = (evaluate(model, test[:n_pf], elbo=trainer.bound_estimator, seed=seed, breakdown=False, pfode=True,
-                   pfode_samples=settings["pfode_samples"]) if n_pf and own["pfode"] else {})
+    K = settings["K"]
+    s = score(model, test, trainer.bound_estimator, seed=seed, eval_examples=settings["eval_examples"], K=K,
+              iwae_examples=settings["iwae_examples"], pfode_examples=settings["pfode_examples"],
+              pfode_samples=settings["pfode_samples"])
+    for message in s.khat_warnings:
+        log(f"   warning ({name}): {message}")
+    ev, iw, pf = s.evaluation, s.iwae, s.pfode
     row = {"model": name, "elbo": ev["elbo"], "elbo_se": ev["nats_se"], "bpd": ev["bpd"],
            "iwae": iw.get("iwae"), "iwae_se": iw.get("iwae_se"), "iwae_bpd": iw.get("iwae_bpd"),
            "khat_max": iw.get("khat_max"), "khat_mean": iw.get("khat_mean"),
@@ -149,7 +143,7 @@ def _evaluate_row(name, trainer, result, data, seed, settings, log):
            "params": sum(p.numel() for p in model.parameters()), "sec_per_epoch": result["seconds_per_epoch"],
            "steps": result["steps"], "estimator": type(trainer.estimator).__name__,
            "iwae_note": ("no importance-weighted bound of the continuous-time model (a discretized chain would be "
-                         "another model): the PF-ODE bound takes its place") if not own["iwae"] else None}
+                         "another model): the PF-ODE bound takes its place") if not own_bounds(model)["iwae"] else None}
     log(f"   ELBO {ev['elbo']:.2f} ± {ev['nats_se']:.2f} nats ({ev['bpd']:.4f} bits/dim)"
         + (f", IWAE(K={K}) {iw['iwae']:.2f} nats, k̂max {iw.get('khat_max', float('nan')):.2f}" if iw else "")
         + (f", PF-ODE bound {pf['pfode']:.2f} nats ({pf['pfode_nfe']:.0f} NFE)" if pf else ""))
@@ -158,14 +152,12 @@ def _evaluate_row(name, trainer, result, data, seed, settings, log):
 
 def _figures(model, tag, data, trainer, seed, out, render, log) -> list[str]:
     """Sample grid, reconstructions and plate diagram of one model; the file names written."""
-    from .plots import save_grid
+    from .plots import save_grid, save_samples
 
     files = []
     if len(data.shape) == 3:
+        files.append(save_samples(model, os.path.join(out, f"samples_{tag}.png"), data.shape, data.kind, seed))
         with torch.no_grad():
-            torch.manual_seed(seed)
-            samples = draw(model, 64)
-            files.append(save_grid(samples.reshape(64, *data.shape).cpu(), os.path.join(out, f"samples_{tag}.png"), data.kind))
             x = data.test[:32].to(trainer.device, trainer.dtype)
             rec = model.reconstruct(x) if callable(getattr(model, "reconstruct", None)) else None
             if rec is not None:

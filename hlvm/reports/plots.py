@@ -6,7 +6,7 @@ import math
 
 import torch
 
-__all__ = ["save_grid", "plot_curves", "plot_bars"]
+__all__ = ["save_grid", "save_samples", "plot_curves", "plot_bars"]
 
 
 def _plt():
@@ -30,6 +30,17 @@ def save_grid(images: torch.Tensor, path: str, kind: str = "binary", nrow: int |
     nrow = nrow or int(math.ceil(math.sqrt(x.shape[0])))
     save_image(x.clamp(0, 1), path, nrow=nrow, padding=1, pad_value=0.5)
     return path
+
+
+def save_samples(model, path: str, shape, kind: str = "binary", seed: int = 0, n: int = 64) -> str:
+    """A grid of ``n`` samples of ``model`` (:func:`hlvm.programs.sample.draw`) drawn from ``seed``,
+    each reshaped to the data's ``shape`` (C, H, W)."""
+    from ..programs.sample import draw
+
+    with torch.no_grad():
+        torch.manual_seed(seed)
+        samples = draw(model, n)
+    return save_grid(samples.reshape(n, *shape).cpu(), path, kind)
 
 
 def plot_curves(curves: dict, path: str, ylabel: str = "test ELBO (nats)", xlabel: str = "step") -> str:

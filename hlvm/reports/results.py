@@ -1,15 +1,16 @@
 """``make results``: the zoo trained on full binarized MNIST, set beside the published numbers.
 
-A long job (never part of the tests), resumable: each model trains through :class:`~hlvm.training.Trainer`
-with a checkpoint per epoch, and each finished row is saved to ``results.json`` at once, so
-rerunning continues from the models and rows already done.  One progress line per model per epoch.
+A long job (only its ``smoke`` profile runs in the tests), resumable: each model trains through
+:class:`~hlvm.training.Trainer` with a checkpoint per epoch, and each finished row is saved to
+``results.json`` at once, so rerunning continues from the models and rows already done.  One
+progress line per model per epoch.
 
-Protocol (``../shared/DESIGN.md``): train on the 60,000 training images with dynamic binarization,
-test on the 10,000 test images binarized once (seed ``hlvm.data.MNIST_TEST_SEED``); test ELBO, the
-IWAE bound (Burda et al. 2016) with K importance samples, the probability-flow ODE bound for
-diffusion models, bits/dim = nats / (784 ln 2), PSIS k̂ and active units.  Every number is a lower
-bound on log p(x) of its row's model, in nats per image; the page shows NLL = −bound beside the
-published NLLs.
+Protocol: train on the 60,000 training images with dynamic binarization, test on the 10,000 test
+images binarized once (seed :data:`hlvm.data.MNIST_TEST_SEED`); test ELBO, the IWAE bound (Burda
+et al. 2016) with K importance samples, the probability-flow ODE bound for diffusion models,
+bits/dim = nats / (784 ln 2), PSIS k̂ and active units, all from :func:`hlvm.eval.score`.  Every
+number is a lower bound on log p(x) of its row's model, in nats per image; the page shows
+NLL = −bound beside the published NLLs.
 """
 
 from __future__ import annotations
@@ -19,10 +20,11 @@ import math
 import os
 import subprocess
 import time
-import warnings
 from dataclasses import dataclass, field
 
 import torch
+
+from ..eval.scores import score
 
 __all__ = ["Profile", "PROFILES", "ROWS", "run_results", "write_page"]
 
@@ -99,89 +101,118 @@ def _save_json(path: str, payload: dict) -> None:
 
 def run_results(profile: str = "cpu", out: str = "docs", runs: str = "runs/results", device: str | None = None,
                 threads: int | None = None, log=print) -> dict:
-    """Train and evaluate every row of :data:`ROWS` under ``profile``; write ``out/results.{json,md}``."""
-    from ..data import default_binarization, load_dataset
-    from ..eval import ParetoKWarning, evaluate
-    from ..eval.evaluate import own_bounds
-    from .plots import plot_curves, save_grid
-    from ..programs.chain import chains_of
-    from ..programs.sample import draw
-    from ..training import CHECKPOINT, TrainConfig, Trainer
+    """Train and evaluate every row of :data:`ROWS` under ``profile``; write ``out/results.{json,md}``.
+
+    Each row is one :func:`_run_row`: train (resuming a run folder's checkpoint), score the trained
+    model by its own bounds (:func:`hlvm.eval.score`), draw its figures; the row is saved at once.
+    """
+    from ..data import load_dataset
 
     if profile not in PROFILES:
         raise ValueError(f"unknown results profile {profile!r}; expected one of {sorted(PROFILES)}")
     p = PROFILES[profile]
-    device = device or p.device
-    threads = threads or p.threads
-    torch.set_num_threads(threads)
+    job = _Job(profile, p, load_dataset(p.data), device or p.device, threads or p.threads, out, runs, log)
+    torch.set_num_threads(job.threads)
     os.makedirs(out, exist_ok=True)
-    path = os.path.join(out, f"results{'' if profile == 'cpu' else '-' + profile}.json")
-    done = json.load(open(path)) if os.path.exists(path) else {"rows": []}
+    stem = os.path.join(out, f"results{'' if profile == 'cpu' else '-' + profile}")
+    done = json.load(open(stem + ".json")) if os.path.exists(stem + ".json") else {"rows": []}
     finished = {r["row"] for r in done["rows"] if r.get("profile") == profile}
-    data = load_dataset(p.data)
-    test = data.test
-    for row, model, options, trainer_options in ROWS:
-        if row in finished:
-            log(f"== {row}: already in {path}, skipped")
+    for row in ROWS:
+        if row[0] in finished:
+            log(f"== {row[0]}: already in {stem}.json, skipped")
             continue
-        run_dir = os.path.join(runs, profile, row)
-        opts = dict(options)
-        T = opts.pop("T", None)
-        opts.update(p.model_options.get(model, {}))
-        cfg = TrainConfig(model=model, data=p.data, binarize=default_binarization(p.data), epochs=p.epochs,
-                          steps=p.steps, batch_size=p.batch_size, T=T, device=device, out=run_dir, progress=False,
-                          resume=os.path.exists(os.path.join(run_dir, CHECKPOINT)), model_kwargs=opts,
-                          eval_examples=min(2000, test.shape[0]), **trainer_options)
-        log(f"== {row}: {model} {opts or ''} T={T}, {p.epochs or p.steps} {'epochs' if p.epochs else 'steps'} on {data.name} "
-            f"({device}, {threads} threads){' — resuming' if cfg.resume else ''}")
-        start = time.perf_counter()
-        trainer = Trainer(cfg, data)
-        result = trainer.fit()
-        train_seconds = time.perf_counter() - start
-        m = trainer.model
-        trainer.swap_ema()
-        x = test.to(trainer.device, trainer.dtype)
-        chain_iwae = any(c.T is not None for c in chains_of(m))
-        own = own_bounds(m)
-        n_iw = p.iwae_examples_chain if chain_iwae else (p.iwae_examples or x.shape[0])
-        K = p.K_chain if chain_iwae else p.K
-        t0 = time.perf_counter()
-        ev = evaluate(m, x[:p.eval_examples], elbo=trainer.bound_estimator, seed=0)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", ParetoKWarning)
-            iw = {} if not own["iwae"] else evaluate(m, x[:n_iw], elbo=trainer.bound_estimator, K=K, seed=0, breakdown=False,
-                                                iwae_batch=max(1, 20000 // K))
-        pf = (evaluate(m, x[:p.pfode_examples or x.shape[0]], seed=0, breakdown=False, pfode=True)
-              if own["pfode"] else {})
-        eval_seconds = time.perf_counter() - t0
-        entry = {
-            "row": row, "model": model, "options": {"T": T, **opts}, "profile": profile, "dataset": data.name,
-            "n_train": int(data.train.shape[0]), "n_test": int(test.shape[0]), "n_test_elbo": ev["n_examples"],
-            "test_elbo_nats": ev["elbo"], "test_elbo_se": ev["nats_se"], "bits_per_dim": ev["bpd"],
-            "iwae_nats": iw.get("iwae"), "iwae_se": iw.get("iwae_se"), "iwae_k": iw.get("K"),
-            "n_test_iwae": n_iw if iw else None, "khat_max": iw.get("khat_max"), "khat_mean": iw.get("khat_mean"),
-            "pfode_bound_nats": pf.get("pfode"), "pfode_se": pf.get("pfode_se"), "pfode_nfe": pf.get("pfode_nfe"),
-            "n_test_pfode": pf.get("n_examples"),
-            "active_units": ev.get("active_units_total"), "steps": result["steps"],
-            "epochs": result["steps"] / trainer.steps_per_epoch, "train_seconds": train_seconds,
-            "eval_seconds": eval_seconds, "threads": threads, "device": _device_name(device),
-            "git_commit": _commit(), "seed": cfg.seed, "estimator": type(trainer.estimator).__name__,
-            "trainer_options": trainer_options, "skipped_updates": getattr(trainer.optim, "skipped", 0),
-        }
-        stem = os.path.join(out, f"results_{profile}_{row}")
-        plot_curves({row: ([h["step"] for h in trainer.history], [h["test_elbo"] for h in trainer.history])},
-                    stem + "_curve.png")
-        if len(data.shape) == 3:
-            torch.manual_seed(0)
-            save_grid(draw(m, 64).reshape(64, *data.shape).cpu(), stem + "_samples.png", data.kind)
-        entry["figures"] = [os.path.basename(stem + "_curve.png"), os.path.basename(stem + "_samples.png")]
-        done["rows"] = [r for r in done["rows"] if not (r.get("row") == row and r.get("profile") == profile)] + [entry]
-        _save_json(path, done)
-        log(f"   {row}: ELBO {ev['elbo']:.2f} ± {ev['nats_se']:.2f} nats"
-            + (f", IWAE(K={K}) {iw['iwae']:.2f}" if iw else "") + (f", PF-ODE {pf['pfode']:.2f}" if pf else "")
-            + f" ({train_seconds:.0f} s training, {eval_seconds:.0f} s evaluation)")
-    write_page(done, profile, os.path.join(out, f"results{'' if profile == 'cpu' else '-' + profile}.md"))
+        entry = _run_row(job, *row)
+        done["rows"] = [r for r in done["rows"] if not (r.get("row") == row[0] and r.get("profile") == profile)] + [entry]
+        _save_json(stem + ".json", done)
+    write_page(done, profile, stem + ".md")
     return done
+
+
+@dataclass
+class _Job:
+    """What every row of one ``run_results`` call shares."""
+
+    profile: str
+    p: Profile
+    data: object  # hlvm.data.DataSplit
+    device: str
+    threads: int
+    out: str
+    runs: str
+    log: object
+
+
+def _run_row(job: _Job, row: str, model: str, options: dict, trainer_options: dict) -> dict:
+    """Train, score and draw one row of :data:`ROWS`; its entry of ``results.json``."""
+    trainer, cfg, result, train_seconds = _train_row(job, row, model, options, trainer_options)
+    trainer.swap_ema()
+    m, x = trainer.model, job.data.test.to(trainer.device, trainer.dtype)
+    K, n_iw = _iwae_budget(job.p, m, x.shape[0])
+    s = score(m, x, trainer.bound_estimator, seed=0, eval_examples=job.p.eval_examples, K=K, iwae_examples=n_iw,
+              iwae_batch=max(1, 20000 // K), pfode_examples=job.p.pfode_examples or None)  # k̂ warnings: k̂ is in the row
+    ev, iw, pf = s.evaluation, s.iwae, s.pfode
+    entry = {
+        "row": row, "model": model, "options": {"T": cfg.T, **cfg.model_kwargs}, "profile": job.profile,
+        "dataset": job.data.name, "n_train": int(job.data.train.shape[0]), "n_test": int(job.data.test.shape[0]),
+        "n_test_elbo": ev["n_examples"], "test_elbo_nats": ev["elbo"], "test_elbo_se": ev["nats_se"],
+        "bits_per_dim": ev["bpd"], "iwae_nats": iw.get("iwae"), "iwae_se": iw.get("iwae_se"), "iwae_k": iw.get("K"),
+        "n_test_iwae": n_iw if iw else None, "khat_max": iw.get("khat_max"), "khat_mean": iw.get("khat_mean"),
+        "pfode_bound_nats": pf.get("pfode"), "pfode_se": pf.get("pfode_se"), "pfode_nfe": pf.get("pfode_nfe"),
+        "n_test_pfode": pf.get("n_examples"),
+        "active_units": ev.get("active_units_total"), "steps": result["steps"],
+        "epochs": result["steps"] / trainer.steps_per_epoch, "train_seconds": train_seconds,
+        "eval_seconds": s.seconds, "threads": job.threads, "device": _device_name(job.device),
+        "git_commit": _commit(), "seed": cfg.seed, "estimator": type(trainer.estimator).__name__,
+        "trainer_options": trainer_options, "skipped_updates": getattr(trainer.optim, "skipped", 0),
+    }
+    entry["figures"] = _row_figures(job, row, trainer)
+    job.log(f"   {row}: ELBO {ev['elbo']:.2f} ± {ev['nats_se']:.2f} nats"
+            + (f", IWAE(K={K}) {iw['iwae']:.2f}" if iw else "") + (f", PF-ODE {pf['pfode']:.2f}" if pf else "")
+            + f" ({train_seconds:.0f} s training, {s.seconds:.0f} s evaluation)")
+    return entry
+
+
+def _train_row(job: _Job, row: str, model: str, options: dict, trainer_options: dict):
+    """Train one row (resuming its run folder's checkpoint): the trainer, its config, its result and the
+    seconds taken."""
+    from ..data import default_binarization
+    from ..training import CHECKPOINT, TrainConfig, Trainer
+
+    p, run_dir, opts = job.p, os.path.join(job.runs, job.profile, row), dict(options)
+    T = opts.pop("T", None)
+    opts.update(p.model_options.get(model, {}))
+    cfg = TrainConfig(model=model, data=p.data, binarize=default_binarization(p.data), epochs=p.epochs,
+                      steps=p.steps, batch_size=p.batch_size, T=T, device=job.device, out=run_dir, progress=False,
+                      resume=os.path.exists(os.path.join(run_dir, CHECKPOINT)), model_kwargs=opts,
+                      eval_examples=min(2000, job.data.test.shape[0]), **trainer_options)
+    job.log(f"== {row}: {model} {opts or ''} T={T}, {p.epochs or p.steps} {'epochs' if p.epochs else 'steps'} on "
+            f"{job.data.name} ({job.device}, {job.threads} threads){' — resuming' if cfg.resume else ''}")
+    start = time.perf_counter()
+    trainer = Trainer(cfg, job.data)
+    result = trainer.fit()
+    return trainer, cfg, result, time.perf_counter() - start
+
+
+def _iwae_budget(p: Profile, model, n_test: int) -> tuple[int, int]:
+    """(K, test images) of a row's IWAE bound: a model whose IWAE runs a T-step chain per sample
+    gets the profile's small chain budget."""
+    from ..programs.chain import chains_of
+
+    if any(c.T is not None for c in chains_of(model)):
+        return p.K_chain, p.iwae_examples_chain
+    return p.K, p.iwae_examples or n_test
+
+
+def _row_figures(job: _Job, row: str, trainer) -> list[str]:
+    """The row's test-ELBO curve and (image data) a grid of 64 samples drawn from seed 0; their file names."""
+    from .plots import plot_curves, save_samples
+
+    stem = os.path.join(job.out, f"results_{job.profile}_{row}")
+    plot_curves({row: ([h["step"] for h in trainer.history], [h["test_elbo"] for h in trainer.history])},
+                stem + "_curve.png")
+    if len(job.data.shape) == 3:
+        save_samples(trainer.model, stem + "_samples.png", job.data.shape, job.data.kind, seed=0)
+    return [os.path.basename(stem + "_curve.png"), os.path.basename(stem + "_samples.png")]
 
 
 def _device_name(device: str) -> str:

@@ -71,6 +71,19 @@ def test_render_full_refuses_huge_T_at_once(tmp_path):
     assert r.returncode == 0, r.stderr and (tmp_path / "vdm.dot").exists()
 
 
+@pytest.mark.parametrize("below,words", [("", ["is a file, not a folder", "name a folder for the diagrams"]),
+                                         ("sub", ["is not a writable folder"])])
+def test_render_out_an_existing_file_is_refused_at_once(tmp_path, below, words):
+    """``--out`` naming an existing file (or a folder under one) once ended in a FileExistsError
+    traceback after the model was built; now one line before any work, the file untouched."""
+    existing = tmp_path / "figs"
+    existing.write_text("keep me")
+    out = existing / below if below else existing
+    r = hlvm("render", "vae", "--format", "dot", "--out", out, timeout=60)
+    assert_one_line_error(r, "render", f"--out {str(out)!r}", *words)
+    assert existing.read_text() == "keep me" and sorted(os.listdir(tmp_path)) == ["figs"]
+
+
 def test_render_layers_bounded(tmp_path):
     r = hlvm("render", "hvae-bu", "--layers", "1000", "--format", "dot", "--out", tmp_path, timeout=60)
     assert_one_line_error(r, "render", "--layers must be an integer in [1, 100], got 1000")

@@ -1,0 +1,100 @@
+"""Score a trained model with the bounds that belong to it — the one place where ``hlvm compare``
+(:mod:`hlvm.reports.compare`) and ``make results`` (:mod:`hlvm.reports.results`) evaluate a
+trained model.
+
+Every bound is a lower bound on log p(x) of the *same* model (De Sousa Ribeiro & Glocker 2024, §2):
+
+* the **ELBO** with its breakdown and active units, on every model;
+* the **importance-weighted bound** IWAE_K (Burda, Grosse & Salakhutdinov 2016, eq. 8) with its
+  Pareto k̂ (Vehtari et al. 2024), when the model's program has one: no continuous-time diffusion
+  chain (a discretized chain would be another model);
+* the **probability-flow ODE bound** (Song et al. 2021, eq. 13, through the decoder:
+  :func:`hlvm.diffusion.ode.pf_ode_bound`), which takes the IWAE's place for a continuous-time
+  diffusion chain over the data.
+
+Each is one call of :func:`~hlvm.eval.evaluate` from the same seed, so a number depends on the
+model, the examples and the seed only.
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from dataclasses import dataclass, field
+
+import torch
+
+from ..programs.chain import chains_of
+from .evaluate import evaluate, has_data_chain
+from .psis import ParetoKWarning
+
+__all__ = ["Scores", "own_bounds", "score"]
+
+
+def own_bounds(model) -> dict:
+    """Which bounds beyond the ELBO belong to ``model`` itself (one model per column):
+
+    * ``iwae`` — its program is the model: no continuous-time chain (a discretized chain would be
+      another model);
+    * ``pfode`` — a continuous-time diffusion chain over the data, whose probability-flow ODE bound
+      takes the IWAE's place (a discrete-T model's own bound is its IWAE).
+    """
+    continuous = any(c.T is None for c in chains_of(model))
+    return {"iwae": not continuous, "pfode": continuous and has_data_chain(model)}
+
+
+@dataclass
+class Scores:
+    """What :func:`score` found: each field the dict :func:`~hlvm.eval.evaluate` returned (empty
+    when that bound was not computed), the k̂ warnings of the IWAE evaluation, and the wall time."""
+
+    evaluation: dict
+    iwae: dict = field(default_factory=dict)
+    pfode: dict = field(default_factory=dict)
+    khat_warnings: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def score(model, test: torch.Tensor, elbo=None, *, seed: int = 0, eval_examples: int | None = None, K: int = 0,
+          iwae_examples: int | None = None, iwae_batch: int = 100, pfode_examples: int | None = None,
+          pfode_samples: int = 1) -> Scores:
+    """The ELBO, and the IWAE and PF-ODE bounds that belong to ``model`` (:func:`own_bounds`), on the
+    first examples of ``test``.
+
+    :param elbo: the ELBO estimator (a trained model's: the one it trained with; default
+        :func:`hlvm.estimators.default_estimator`).
+    :param seed: every evaluation draws its randomness from this seed.
+    :param eval_examples: examples for the ELBO and its breakdown (None: all).
+    :param K: importance samples of the IWAE bound (0: none).
+    :param iwae_examples: examples for the IWAE bound (None: all; 0: none); ``iwae_batch`` of them
+        per call.
+    :param pfode_examples: examples for the PF-ODE bound (None: all; 0: none), ``pfode_samples``
+        draws of z_0 each.
+
+    :class:`~hlvm.ParetoKWarning` of the IWAE evaluation is not emitted but returned in
+    ``khat_warnings``; other warnings pass.
+    """
+    own, start = own_bounds(model), time.perf_counter()
+    scores = Scores(evaluate(model, test[:eval_examples], elbo=elbo, seed=seed))
+    if K and iwae_examples != 0 and own["iwae"]:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", ParetoKWarning)
+            scores.iwae = evaluate(model, test[:iwae_examples], elbo=elbo, K=K, seed=seed, breakdown=False,
+                                   iwae_batch=iwae_batch)
+        scores.khat_warnings = _pass_others(caught, ParetoKWarning)
+    if pfode_examples != 0 and own["pfode"]:
+        scores.pfode = evaluate(model, test[:pfode_examples], elbo=elbo, seed=seed, breakdown=False, pfode=True,
+                                pfode_samples=pfode_samples)
+    scores.seconds = time.perf_counter() - start
+    return scores
+
+
+def _pass_others(caught, category) -> list[str]:
+    """The messages of the recorded warnings of ``category``; every other one is emitted again."""
+    kept = []
+    for w in caught:
+        if issubclass(w.category, category):
+            kept.append(str(w.message))
+        else:
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno, source=w.source)
+    return kept

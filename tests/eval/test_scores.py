@@ -1,0 +1,72 @@
+""":func:`hlvm.eval.score`: a trained model scored by its own bounds, each one :func:`hlvm.evaluate` call from
+the same seed — the numbers ``hlvm compare`` and ``make results`` report."""
+
+import warnings
+
+import pytest
+import torch
+
+import hlvm.eval.scores as score_module
+from hlvm.data import digits
+from hlvm.eval import ParetoKWarning, evaluate, own_bounds, score
+from models import VAE, VDM
+
+from conftest import DEVICE, DTYPE
+
+pytestmark = pytest.mark.usefixtures("one_intra_op_thread")
+
+
+@pytest.fixture(scope="module")
+def test_x():
+    return digits().test[:24]
+
+
+def _numbers(out: dict) -> dict:
+    """``out`` without its wall-clock times (the only entries that differ between identical runs);
+    NaN as a string, so that two equal results compare equal."""
+    return {k: ("nan" if isinstance(v, float) and v != v else v) for k, v in out.items() if "seconds" not in k}
+
+
+def test_a_vae_gets_the_elbo_and_its_iwae_bound_from_the_same_seed(test_x):
+    vae = VAE((1, 8, 8), "binary", latent_dim=4, hidden=16).to(device=DEVICE, dtype=DTYPE)
+    x = test_x.to(DEVICE, DTYPE)
+    assert own_bounds(vae) == {"iwae": True, "pfode": False}
+    s = score(vae, x, seed=3, eval_examples=20, K=30, iwae_examples=10, pfode_examples=5)
+    # exactly the evaluations it names: same examples, same seed, so the same numbers to the bit
+    assert _numbers(s.evaluation) == _numbers(evaluate(vae, x[:20], seed=3))
+    assert _numbers(s.iwae) == _numbers(evaluate(vae, x[:10], K=30, seed=3, breakdown=False))
+    assert s.iwae["n_examples"] == 10 and s.iwae["K"] == 30
+    assert s.pfode == {} and s.seconds > 0
+    # 0 examples or K = 0: no IWAE bound
+    assert score(vae, x, K=30, iwae_examples=0).iwae == {} and score(vae, x, K=0).iwae == {}
+
+
+def test_a_continuous_time_vdm_gets_the_pfode_bound_in_place_of_the_iwae(test_x):
+    vdm = VDM((1, 8, 8), "binary", T=None, width=16, depth=1).to(device=DEVICE, dtype=DTYPE)
+    x = test_x.to(DEVICE, DTYPE)
+    assert own_bounds(vdm) == {"iwae": False, "pfode": True}
+    s = score(vdm, x, seed=1, eval_examples=8, K=30, iwae_examples=8, pfode_examples=2)
+    assert s.iwae == {}
+    assert _numbers(s.pfode) == _numbers(evaluate(vdm, x[:2], seed=1, breakdown=False, pfode=True))
+    assert s.pfode["n_examples"] == 2 and s.evaluation["n_examples"] == 8
+    assert score(vdm, x, eval_examples=4, pfode_examples=0).pfode == {}
+
+
+def test_a_discrete_time_vdm_gets_its_own_iwae_bound_and_no_pfode_bound():
+    vdm = VDM((1, 8, 8), "binary", T=3, width=16, depth=1)
+    assert own_bounds(vdm) == {"iwae": True, "pfode": False}
+
+
+def test_khat_warnings_are_returned_and_other_warnings_pass(test_x, monkeypatch):
+    def fake_evaluate(model, x, K=0, **kw):
+        if K:
+            warnings.warn("max Pareto k̂ = 0.90 > 0.7", ParetoKWarning)
+            warnings.warn("something else", UserWarning)
+        return {"n_examples": x.shape[0]}
+
+    monkeypatch.setattr(score_module, "evaluate", fake_evaluate)
+    vae = VAE((1, 8, 8), "binary", latent_dim=2, hidden=8)
+    with pytest.warns(UserWarning, match="something else") as record:
+        s = score(vae, torch.zeros(4, 1, 8, 8), K=30)
+    assert s.khat_warnings == ["max Pareto k̂ = 0.90 > 0.7"]
+    assert not [w for w in record if issubclass(w.category, ParetoKWarning)]
