@@ -59,6 +59,11 @@ def test_top_level_holds_only_public_faces():
     assert len(modules) <= MAX_TOP_MODULES, modules
 
 
+def test_no_long_functions():
+    paths = sorted((ROOT / "hlvm").rglob("*.py")) + sorted((ROOT / "models").rglob("*.py"))
+    assert long_functions(paths) == []
+
+
 def test_detector_finds_a_long_function(tmp_path):
     f = tmp_path / "long.py"
     f.write_text("def g():\n" + "".join(f"    a{i} = {i}\n" for i in range(MAX_FUNCTION_LINES)) + "    return 0\n")

@@ -169,9 +169,25 @@ class DiffusionELBO(Trace_ELBO):
         return {"samplers": [{"chain": k.chain, "T": k.T, "state": s.state_dict()} for k, s in self.samplers.items()]}
 
     def load_state_dict(self, state: dict) -> None:
+        """Restore the samplers of :meth:`state_dict` (or of a checkpoint written before the typed
+        keys: :func:`_records_of_legacy_state`), so a resumed run keeps its importance history."""
+        if isinstance(state, dict) and "samplers" not in state:
+            state = {"samplers": _records_of_legacy_state(state)}
         if not isinstance(state, dict) or not isinstance(state.get("samplers"), list):
-            raise ValueError("not a DiffusionELBO state: expected {'samplers': [{'chain', 'T', 'state'}, ...]} "
-                             "(checkpoints from before hlvm issue 19 keyed samplers by 'name/T=…' strings)")
+            raise ValueError("not a DiffusionELBO state: expected {'samplers': [{'chain', 'T', 'state'}, ...]}")
         for record in state["samplers"]:
             key = SamplerKey(record["chain"], record["T"])
             self.samplers.setdefault(key, TimestepSampler(self.sampler_kind, key.T)).load_state_dict(record["state"])
+
+
+def _records_of_legacy_state(state: dict) -> list[dict]:
+    """The sampler records of a state written before :class:`SamplerKey` existed, when samplers
+    were keyed by the text ``"{chain}/T={T}"``: read once, when such a checkpoint is resumed; the
+    key text is written by nothing any more."""
+    records = []
+    for key, sampler_state in state.items():
+        chain, sep, T = key.rpartition("/T=") if isinstance(key, str) else ("", "", "")
+        if not sep or not (T == "None" or T.isdigit()):
+            raise ValueError(f"not a DiffusionELBO state: unknown sampler key {key!r}")
+        records.append({"chain": chain, "T": None if T == "None" else int(T), "state": sampler_state})
+    return records
