@@ -108,3 +108,22 @@ def oracle_diffusion(mean, cov, schedule, T=None):
                 return self.chain.guide(x)
 
     return OracleDiffusion()
+
+
+@pytest.fixture(scope="module")
+def digits():
+    """sklearn's 8×8 digits as a DataSplit (statically binarized): the small data of training tests."""
+    from hlvm.data import load_dataset
+
+    return load_dataset("digits")
+
+
+def small_vae_config(out, batch_size=32, eval_examples=32, hidden=32, **kw):
+    """A TrainConfig of a small VAE on the digits, for tests of the training machinery; ``kw``
+    overrides any field (``model_kwargs`` replaces the small network's)."""
+    from hlvm.training import TrainConfig
+
+    base = dict(model="vae", data="digits", batch_size=batch_size, lr=2e-3, out=str(out), progress=False,
+                eval_examples=eval_examples, eval_every=100, model_kwargs={"hidden": hidden, "latent_dim": 4})
+    base.update(kw)
+    return TrainConfig(**base)

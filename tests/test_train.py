@@ -12,8 +12,9 @@ import textwrap
 import pytest
 import torch
 
-from hlvm.data import load_dataset
 from hlvm.training import TrainConfig, Trainer, TrainingDiverged, load_checkpoint, save_checkpoint
+
+from conftest import small_vae_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -25,16 +26,8 @@ def _env():
     return env
 
 
-@pytest.fixture(scope="module")
-def digits():
-    return load_dataset("digits")
-
-
 def _cfg(tmp, **kw):
-    base = dict(model="vae", data="digits", batch_size=64, lr=2e-3, out=str(tmp), progress=False, eval_examples=100,
-                model_kwargs={"hidden": 64, "latent_dim": 4})
-    base.update(kw)
-    return TrainConfig(**base)
+    return small_vae_config(tmp, batch_size=64, eval_examples=100, hidden=64, **{"eval_every": 0, **kw})
 
 
 @pytest.mark.parametrize("model,kw", [("vae", {}), ("vdm", {"model_kwargs": {"width": 64, "depth": 1}}),

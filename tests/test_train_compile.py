@@ -4,22 +4,15 @@ parameters — through KL warm-up, gradient shards and an exact resume; ``--thre
 import pytest
 import torch
 
-from hlvm.data import load_dataset
 from hlvm.training import TrainConfig, Trainer
+
+from conftest import small_vae_config
 
 pytestmark = pytest.mark.usefixtures("one_intra_op_thread")
 
 
-@pytest.fixture(scope="module")
-def digits():
-    return load_dataset("digits")
-
-
 def _cfg(tmp, **kw):
-    base = dict(model="vae", data="digits", batch_size=32, lr=2e-3, out=str(tmp), progress=False, eval_examples=50,
-                eval_every=100, model_kwargs={"hidden": 32, "latent_dim": 4})
-    base.update(kw)
-    return TrainConfig(**base)
+    return small_vae_config(tmp, eval_examples=50, **kw)
 
 
 def _run(tmp, digits, **kw):

@@ -16,21 +16,15 @@ from hlvm.training.checks import clean_stale_tmp
 from hlvm.training import (WARMUP_STEPS, EvaluationFailed, TrainConfig, Trainer, TrainingDiverged, load_checkpoint,
                         load_run_checkpoint)
 
+from conftest import small_vae_config
+
 pytestmark = pytest.mark.usefixtures("one_intra_op_thread")
 
 SMALL = {"hidden": 32, "latent_dim": 4}
 
 
-@pytest.fixture(scope="module")
-def digits():
-    return load_dataset("digits")
-
-
 def _cfg(out, **kw):
-    base = dict(model="vae", data="digits", batch_size=32, lr=2e-3, out=str(out), progress=False, eval_examples=32,
-                eval_every=100, model_kwargs=dict(SMALL))
-    base.update(kw)
-    return TrainConfig(**base)
+    return small_vae_config(out, **kw)
 
 
 @pytest.fixture(scope="module")

@@ -9,24 +9,17 @@ import pytest
 import torch
 
 import hlvm.training.step as step_module
-from hlvm.data import load_dataset
 from hlvm.training import StepRecord, TrainConfig, Trainer, train
 from hlvm.training.monitor import read_metrics
 from hlvm.training.step import shard_seed
 
+from conftest import small_vae_config
+
 pytestmark = pytest.mark.usefixtures("one_intra_op_thread")
 
 
-@pytest.fixture(scope="module")
-def digits():
-    return load_dataset("digits")
-
-
 def _cfg(out, **kw):
-    base = dict(model="vae", data="digits", batch_size=32, lr=2e-3, out=str(out), progress=False, eval_examples=32,
-                eval_every=100, model_kwargs={"hidden": 32, "latent_dim": 4})
-    base.update(kw)
-    return TrainConfig(**base)
+    return small_vae_config(out, **kw)
 
 
 def _train_records(folder):

@@ -74,9 +74,9 @@ def run_compare(models: list[str], base: TrainConfig, out: str, K: int = 50, iwa
             f"{'steps' if cfg.steps else 'epochs'}")
         trainer = Trainer(cfg, data)
         result = trainer.fit()
-        trainer.swap_ema()  # evaluate the EMA weights when EMA is on
         try:
-            _report_model(report, name, tag, trainer, result, data, base, settings, out, render, log)
+            with trainer.ema_weights():  # evaluate the EMA weights when EMA is on
+                _report_model(report, name, tag, trainer, result, data, base, settings, out, render, log)
         except Exception as e:
             msg = str(e).splitlines()[0] if str(e) else ""
             raise EvaluationFailed(f"{name}: evaluating or reporting failed after training ({type(e).__name__}: {msg}); "

@@ -145,7 +145,13 @@ class _Job:
 def _run_row(job: _Job, row: str, model: str, options: dict, trainer_options: dict) -> dict:
     """Train, score and draw one row of :data:`ROWS`; its entry of ``results.json``."""
     trainer, cfg, result, train_seconds = _train_row(job, row, model, options, trainer_options)
-    trainer.swap_ema()
+    with trainer.ema_weights():  # the EMA weights when EMA is on; the live ones are back afterwards
+        return _scored_row(job, row, model, trainer, cfg, result, train_seconds, trainer_options)
+
+
+def _scored_row(job: _Job, row: str, model: str, trainer, cfg, result: dict, train_seconds: float,
+                trainer_options: dict) -> dict:
+    """The ``results.json`` entry of a trained row: its bounds, figures and what produced them."""
     m, x = trainer.model, job.data.test.to(trainer.device, trainer.dtype)
     K, n_iw = _iwae_budget(job.p, m, x.shape[0])
     s = score(m, x, trainer.bound_estimator, seed=0, eval_examples=job.p.eval_examples, K=K, iwae_examples=n_iw,

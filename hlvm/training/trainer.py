@@ -239,12 +239,6 @@ class Trainer:
         off); the live weights are back afterwards."""
         return self.ema.applied(self.model) if self.ema is not None else contextlib.nullcontext(self.model)
 
-    def swap_ema(self) -> None:
-        """Exchange the live weights and the EMA weights (call twice to restore): for a caller
-        done training that evaluates the average from then on; prefer :meth:`ema_weights`."""
-        if self.ema is not None:
-            self.ema.swap(self.model)
-
     def evaluate_test(self, n: int | None = None, batch_size: int = 250) -> dict:
         """Test ELBO (nats per example and bits/dim) on the first ``n`` test examples, by
         :func:`hlvm.evaluate` (EMA weights when EMA is on)."""
@@ -361,10 +355,10 @@ class Trainer:
         NaN or infinite when validation stopped the step on non-finite numbers (a divergence);
         finite (0 when it fails without validation too) when it stopped on a model error, such as
         an observed value outside its distribution's support."""
-        try:
-            with pyro.validation_enabled(False), warnings.catch_warnings():
+        try:  # as the step computes it (gradients on, training mode), without the update
+            with pyro.validation_enabled(False), warnings.catch_warnings(), torch.enable_grad():
                 warnings.simplefilter("ignore")  # Pyro's "Encountered NaN" is the expected answer here
-                return self.svi.evaluate_loss(x)
+                return float(self.estimator.differentiable_loss(self.model.model, self.model.guide, x))
         except Exception:  # noqa: BLE001 - any other failure: the model's own error, re-raised by the caller
             return 0.0
 
