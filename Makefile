@@ -32,8 +32,10 @@ graphviz:
 demo: install
 	$(VENV)/bin/hlvm demo $(DEMO_ARGS)
 
+# the suite in TEST_WORKERS processes (pytest-xdist; 2: this project's machines have 2 cores)
+TEST_WORKERS ?= 2
 test: install
-	$(PY) -m pytest -q $(PYTEST_ARGS)
+	$(PY) -m pytest -q -n $(TEST_WORKERS) $(PYTEST_ARGS)
 
 bench: install
 	$(PY) benchmarks/run_all.py

@@ -7,7 +7,7 @@ from importlib.metadata import PackageNotFoundError, version
 from conftest import ROOT
 
 #: the packages hlvm and its tests are built on: each must be pinned
-STACK = ("torch", "pyro-ppl", "torchvision", "numpy", "networkx", "graphviz", "arviz", "pytest", "hypothesis",
+STACK = ("torch", "pyro-ppl", "torchvision", "numpy", "networkx", "graphviz", "arviz", "pytest", "pytest-xdist", "hypothesis",
          "tqdm", "matplotlib", "torchdiffeq", "tensorboard")
 
 

@@ -96,7 +96,7 @@ def expand(command: str) -> list[list[str]]:
     if words[0] == "make":
         assert len(words) == 2, command
         if words[1] == "test":  # this suite: only the recipe can be checked here
-            assert make_recipe("test") == ["$(PY) -m pytest -q $(PYTEST_ARGS)"]
+            assert make_recipe("test") == ["$(PY) -m pytest -q -n $(TEST_WORKERS) $(PYTEST_ARGS)"]
             return []
         return [argv for line in make_recipe(words[1]) for argv in expand(
             line.replace("$(VENV)/bin/hlvm", "hlvm").replace("$(PY)", "python").replace("$(DEMO_ARGS)", ""))]

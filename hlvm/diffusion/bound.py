@@ -31,7 +31,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .gaussian import alpha_sigma, pad_gamma, prior_kl
+from .gaussian import alpha_sigma, diffusion_kl_eps, pad_gamma, prior_kl
 from .schedules import InteriorSchedule
 from .timesteps import TimestepSampler
 
@@ -93,10 +93,9 @@ def diffusion_term(eps: torch.Tensor, eps_hat: torch.Tensor, *, T: int | None = 
 
     ``T=None`` is continuous time (``dg_t`` = γ'(t) needed), else ``g_t``, ``g_s`` = γ(t), γ(t − 1/T).
     """
-    mse = (eps - eps_hat).pow(2).flatten(1).sum(-1)  # ‖ε − ε̂‖²: (N, ...) -> (N,)
     if T is None:
-        return 0.5 * dg_t * mse
-    return 0.5 * T * torch.expm1(g_t - g_s) * mse
+        return 0.5 * dg_t * (eps - eps_hat).pow(2).flatten(1).sum(-1)  # ‖ε − ε̂‖²: (N, ...) -> (N,)
+    return T * diffusion_kl_eps(eps, eps_hat, g_s, g_t)  # T × the one-step KL in noise space
 
 
 def weighted_term(term: torch.Tensor, g_t: torch.Tensor, weighting=None) -> torch.Tensor:

@@ -169,7 +169,7 @@ def _scored_row(job: _Job, row: str, model: str, trainer, cfg, result: dict, tra
         "epochs": result["steps"] / trainer.steps_per_epoch, "train_seconds": train_seconds,
         "eval_seconds": s.seconds, "threads": job.threads, "device": _device_name(job.device),
         "git_commit": _commit(), "seed": cfg.seed, "estimator": type(trainer.estimator).__name__,
-        "trainer_options": trainer_options, "skipped_updates": getattr(trainer.optim, "skipped", 0),
+        "trainer_options": trainer_options, "skipped_updates": trainer.optim.skipped,
     }
     entry["figures"] = _row_figures(job, row, trainer)
     job.log(f"   {row}: ELBO {ev['elbo']:.2f} ± {ev['nats_se']:.2f} nats"
