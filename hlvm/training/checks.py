@@ -61,7 +61,7 @@ def validate_config(cfg) -> None:
     check_int("--seed", cfg.seed, 0, MAX_SEED)
     if not (_is_number(cfg.ema) and 0 <= cfg.ema < 1):
         raise ValueError(f"--ema must be a number in [0, 1) (0: off), got {cfg.ema!r}")
-    if getattr(cfg, "compile", False) and cfg.amp:
+    if cfg.compile and cfg.amp:
         raise ValueError("--compile and --amp exclude each other: the recorded step is float32 (use one of them)")
     if cfg.amp and not cfg.device.startswith("cuda"):
         raise ValueError("--amp (bf16 mixed precision) needs --device cuda")
@@ -70,13 +70,13 @@ def validate_config(cfg) -> None:
     check_int("--checkpoint-every", cfg.checkpoint_every, 0, note=" (0: each epoch)")
     check_int("--grad-shards", cfg.grad_shards, 1)
     check_int("--kl-warmup", cfg.kl_warmup, 0, note=" (0: off)")
-    check_int("--log-every", getattr(cfg, "log_every", 0), 0, note=" (0: automatic)")
-    check_int("--threads", getattr(cfg, "threads", None), 1, 1024, optional=True)
+    check_int("--log-every", cfg.log_every, 0, note=" (0: automatic)")
+    check_int("--threads", cfg.threads, 1, 1024, optional=True)
 
     check_float("--free-bits", cfg.free_bits, 0, MAX_FREE_BITS)
     check_float("--grad-clip", cfg.grad_clip, 0, strict=True, optional=True)
     check_float("--skip-norm", cfg.skip_norm, 0, strict=True, optional=True)
-    if cfg.resume and getattr(cfg, "overwrite", False):
+    if cfg.resume and cfg.overwrite:
         raise ValueError("--resume and --overwrite exclude each other: continue the run or replace it")
     if not isinstance(cfg.model_kwargs, dict):
         raise ValueError(f"model_kwargs must be a dict, got {type(cfg.model_kwargs).__name__}")

@@ -44,6 +44,7 @@ from pyro.infer import TraceMeanField_ELBO
 from . import optim as hlvm_optim
 from ..data import DataSplit, load_dataset
 from ..estimators import make_estimator
+from ..programs.elbo import DiffusionELBO
 from ..eval import evaluate
 from ..registry import build_model, load_class
 from .checkpoints import CHECKPOINT, load_checkpoint, load_run_checkpoint, rng_state, save_checkpoint, set_rng_state
@@ -261,7 +262,7 @@ class Trainer:
         return {
             "version": 1, "config": asdict(self.cfg), "model": self.model.state_dict(),
             "optim": self.optim.get_state(),
-            "estimator": self.estimator.state_dict() if hasattr(self.estimator, "state_dict") else None,
+            "estimator": self.estimator.state_dict() if isinstance(self.estimator, DiffusionELBO) else None,
             "rng": rng_state(), "gen": self.gen.get_state(), "perm": self.perm, "batch_idx": self.batch_idx,
             "step": self.step, "history": self.history, "losses": self.losses,
             "ema": self.ema.shadow if self.ema is not None else None,
@@ -280,7 +281,7 @@ class Trainer:
             raise ValueError(f"checkpoint is of model {ck['config']['model']!r}, not {self.cfg.model!r}")
         self.model.load_state_dict(ck["model"])
         self.optim.set_state(ck["optim"])
-        if ck.get("estimator") and hasattr(self.estimator, "load_state_dict"):
+        if ck.get("estimator") and isinstance(self.estimator, DiffusionELBO):  # the one estimator with state
             self.estimator.load_state_dict(ck["estimator"])
         set_rng_state(ck["rng"])
         self.gen.set_state(ck["gen"])
