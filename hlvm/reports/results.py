@@ -307,17 +307,18 @@ def write_page(results: dict, profile: str, path: str) -> None:
     published anchors, the figures."""
     order = {name: k for k, (name, *_) in enumerate(ROWS)}
     rows = sorted((r for r in results["rows"] if r.get("profile") == profile), key=lambda r: order.get(r["row"], len(order)))
+    searches = {r["row"]: r["search"] for r in rows if r.get("search") and r["search"]["row"] == r["row"]}
     lines = [f"# Results on {rows[0]['dataset'] if rows else 'MNIST'} ({profile} profile)", "",
              "Produced by `make results` (`hlvm.reports.results`); every number is a lower bound on log p(x) of its row's model, "
              "nats per image (NLL ≤ −bound), from the run named in its row. Protocol: 60,000 training images dynamically "
-             "binarized, the 10,000 test images binarized once (seed `MNIST_TEST_SEED`); settings chosen on held-out "
-             "training images (below), never on the test set.", "",
+             "binarized, the 10,000 test images binarized once (seed `MNIST_TEST_SEED`)"
+             + ("; settings chosen on held-out training images (below), never on the test set." if searches else "."), "",
              "| row | test ELBO | bits/dim | IWAE (K, images) | PF-ODE bound (images) | k̂ max | k̂ > 0.7 | active units | "
              "epochs | train s | threads | device | commit |",
              "|" + "---|" * 13]
     lines += [_table_line(r) for r in rows]
     lines += _reading_lines() + _khat_lines(rows)
-    lines += search_lines({r["row"]: r["search"] for r in rows if r.get("search") and r["search"]["row"] == r["row"]})
+    lines += search_lines(searches)
     lines += _anchor_lines()
     lines += [""] + [f"![{r['row']}]({fig})" for r in rows for fig in r.get("figures", [])]
     lines += _schedule_section(os.path.join(os.path.dirname(path) or ".", SCHEDULE_JSON))
