@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from hlvm.reports.results import PROFILES, ROWS
+from hlvm.reports.results import PROFILES, ROWS, train_config
 from hlvm.reports.search import SPACES, config, final_options, pick_winner, run_search, search_lines, space_of
 from hlvm.training import TrainConfig, TrainingDiverged
 
@@ -20,22 +20,35 @@ def test_every_row_has_a_space_of_at_most_eight_distinct_configurations():
         assert len({json.dumps([c["model"], c["trainer"]], sort_keys=True) for c in configs}) == len(configs)
 
 
+@pytest.fixture(scope="module")
+def digits_validation():
+    from hlvm.data import load_dataset
+
+    return load_dataset("digits", split="validation")
+
+
 @pytest.mark.parametrize("row", list(SPACES))
-def test_every_declared_configuration_builds_and_its_trainer_options_are_valid(row):
-    """The model options are the zoo constructor's (a wrong name or value raises here), the trainer
-    options TrainConfig fields in range, the estimator options the estimator's."""
-    from hlvm.estimators import make_estimator
-    from hlvm.registry import build_model
+def test_every_declared_configuration_builds_as_the_results_job_builds_it(row, digits_validation, tmp_path):
+    """Each configuration through the results job's own TrainConfig (:func:`train_config`) into a
+    Trainer: the model options are the zoo constructor's (a wrong name or value raises), ``T`` and
+    ``layers`` their TrainConfig fields, the trainer options fields in range, the estimator options
+    the estimator's."""
+    from hlvm.training import Trainer
 
     _, model, options, trainer_options = next(r for r in ROWS if r[0] == row)
     for c in SPACES[row]:
         opts, trainer = final_options(c, options, trainer_options)
-        T = opts.pop("T", None)
-        m = build_model(model, (1, 28, 28), "binary", T=T, **opts)
-        TrainConfig(model=model, model_kwargs=opts, **trainer).validate()
-        est = make_estimator("auto", m, **trainer.get("estimator_kwargs", {}))
-        if "schedule_objective" in trainer.get("estimator_kwargs", {}):
-            assert est.schedule_objective == "variance"
+        cfg = train_config(PROFILES["cpu"], model, opts, trainer, str(tmp_path / c["name"]), search=True)
+        assert cfg.epochs == 6 and cfg.layers == opts.get("layers") and "layers" not in cfg.model_kwargs
+        t = Trainer(cfg, digits_validation, log=lambda line: None)
+        for key, value in c["model"].items():
+            if key in ("latent_dim", "hidden", "width", "depth", "merge"):
+                found = getattr(t.model, key, None)
+                assert found is None or found == value, (c["name"], key)
+        assert getattr(t.estimator, "schedule_objective", "elbo") == \
+            trainer.get("estimator_kwargs", {}).get("schedule_objective", "elbo")
+        if "layers" in opts:
+            assert t.model.L == opts["layers"]
 
 
 def test_the_spaces_vary_what_the_issue_names():

@@ -28,7 +28,7 @@ import torch
 from ..eval.scores import score
 from .search import final_options, run_search, score_config, search_lines, space_of
 
-__all__ = ["Profile", "PROFILES", "ROWS", "ANCHORS", "run_results", "write_page", "khat_note"]
+__all__ = ["Profile", "PROFILES", "ROWS", "ANCHORS", "CONFIG_FIELDS", "run_results", "train_config", "write_page", "khat_note"]
 
 #: (row name, registered model, model options, trainer options) — the rows of the results table
 ROWS = [
@@ -215,7 +215,7 @@ def _scored_row(job: _Job, row: str, model: str, trainer, cfg, result: dict, tra
               iwae_batch=max(1, 20000 // K), pfode_examples=job.p.pfode_examples or None)  # k̂ warnings: k̂ is in the row
     ev, iw, pf = s.evaluation, s.iwae, s.pfode
     entry = {
-        "row": row, "model": model, "options": {"model": {"T": cfg.T, **cfg.model_kwargs}, "trainer": trainer_options},
+        "row": row, "model": model, "options": {"model": _recorded(cfg), "trainer": trainer_options},
         "profile": job.profile,
         "dataset": job.data.name, "n_train": int(job.data.train.shape[0]), "n_test": int(job.data.test.shape[0]),
         "n_test_elbo": ev["n_examples"], "test_elbo_nats": ev["elbo"], "test_elbo_se": ev["nats_se"],
@@ -244,30 +244,52 @@ def _run_dir(job: _Job, row: str, options: dict, trainer_options: dict) -> str:
     return os.path.join(job.runs, job.profile, f"{row}-{digest}")
 
 
+#: model options that are TrainConfig fields of their own (``--T``, ``--layers``), not constructor keywords
+CONFIG_FIELDS = ("T", "layers")
+
+
+def train_config(p: Profile, model: str, options: dict, trainer_options: dict, out: str, search: bool = False,
+                 device: str = "cpu", eval_examples: int = 2000):
+    """The :class:`~hlvm.training.TrainConfig` of a row (or, with ``search``, of one search
+    configuration at the search budget) under profile ``p``: ``options`` as model options (``T`` and
+    ``layers`` to their own fields), the profile's ``model_options`` (the smoke profile's small
+    networks) on top, ``trainer_options`` as TrainConfig fields; resuming ``out``'s checkpoint."""
+    from ..data import default_binarization
+    from ..training import CHECKPOINT, TrainConfig
+
+    opts = {**options, **p.model_options.get(model, {})}
+    fields = {k: opts.pop(k, None) for k in CONFIG_FIELDS}
+    epochs, steps = (p.search_epochs, p.search_steps) if search else (p.epochs, p.steps)
+    return TrainConfig(model=model, data=p.data, binarize=default_binarization(p.data), epochs=epochs, steps=steps,
+                       batch_size=p.batch_size, device=device, out=out, progress=False,
+                       resume=os.path.exists(os.path.join(out, CHECKPOINT)), model_kwargs=opts,
+                       eval_examples=eval_examples, **fields, **trainer_options)
+
+
 def _train_row(job: _Job, row: str, model: str, options: dict, trainer_options: dict, search: bool = False):
     """Train one row (resuming its run folder's checkpoint) — or, with ``search``, one configuration
     of a search on the validation split for the search budget: the trainer, its config, its result
-    and the seconds taken.  The profile's ``model_options`` (the smoke profile's small networks) apply
-    on top of ``options``."""
-    from ..data import default_binarization
-    from ..training import CHECKPOINT, TrainConfig, Trainer
+    and the seconds taken."""
+    from ..training import Trainer
 
-    p, opts, data = job.p, dict(options), job.valid if search else job.data
-    T = opts.pop("T", None)
-    opts.update(p.model_options.get(model, {}))
-    run_dir = _run_dir(job, os.path.join("search", row) if search else row, {"T": T, **opts}, trainer_options)
-    epochs, steps = (p.search_epochs, p.search_steps) if search else (p.epochs, p.steps)
-    cfg = TrainConfig(model=model, data=p.data, binarize=default_binarization(p.data), epochs=epochs, steps=steps,
-                      batch_size=p.batch_size, T=T, device=job.device, out=run_dir, progress=False,
-                      resume=os.path.exists(os.path.join(run_dir, CHECKPOINT)), model_kwargs=opts,
-                      eval_examples=min(2000, data.test.shape[0]), **trainer_options)
-    job.log(f"== {row}: {model} {opts or ''} {trainer_options or ''} T={T}, {epochs or steps} "
-            f"{'epochs' if epochs else 'steps'} on {data.name} ({job.device}, {job.threads} threads)"
+    data = job.valid if search else job.data
+    run_dir = _run_dir(job, os.path.join("search", row) if search else row,
+                       {**options, **job.p.model_options.get(model, {})}, trainer_options)
+    cfg = train_config(job.p, model, options, trainer_options, run_dir, search, job.device,
+                       min(2000, data.test.shape[0]))
+    job.log(f"== {row}: {model} {_recorded(cfg)} {trainer_options or ''}, {cfg.epochs or cfg.steps} "
+            f"{'epochs' if cfg.epochs else 'steps'} on {data.name} ({job.device}, {job.threads} threads)"
             f"{' — resuming' if cfg.resume else ''}")
     start = time.perf_counter()
     trainer = Trainer(cfg, data)
     result = trainer.fit()
     return trainer, cfg, result, time.perf_counter() - start
+
+
+def _recorded(cfg) -> dict:
+    """A run's model options as the page records them: ``T`` always, ``layers`` when set, then the
+    constructor's."""
+    return {"T": cfg.T, **({"layers": cfg.layers} if cfg.layers is not None else {}), **cfg.model_kwargs}
 
 
 def _iwae_budget(p: Profile, model, n_test: int) -> tuple[int, int]:
