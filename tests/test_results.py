@@ -1,8 +1,9 @@
-"""``make results``'s pipeline end to end on the smoke profile (tiny budgets): rows, fields, resume."""
+"""``make results``'s pipeline end to end on the smoke profile (tiny budgets): the search, rows, fields,
+resume; the page's k̂ notes and published anchors."""
 
 import json
 
-from hlvm.reports.results import ROWS, run_results
+from hlvm.reports.results import ROWS, khat_note, run_results, write_page
 
 
 def test_results_pipeline_smoke_and_resume(tmp_path):
@@ -23,10 +24,37 @@ def test_results_pipeline_smoke_and_resume(tmp_path):
     assert rows["vae"]["iwae_nats"] < 0 and rows["vae"]["pfode_bound_nats"] is None
     page = (tmp_path / "docs" / "results-smoke.md").read_text()
     assert "| vae |" in page and "Published anchors" in page
+    _check_search(tmp_path, rows, page)
+    assert 0 <= rows["vae"]["khat_frac_gt_0.7"] <= 1 and rows["vdm"]["khat_frac_gt_0.7"] is None
     # resumable: a second run finds every row done
     logs.clear()
     run_results("smoke", out=str(tmp_path / "docs"), runs=str(tmp_path / "runs"), log=logs.append)
     assert sum("already in" in line for line in logs) == len(ROWS)
+    # a row to redo finds its search's configurations done (not retrained) and its winner's run trained
+    saved["rows"] = [r for r in saved["rows"] if r["row"] != "vae"]
+    (tmp_path / "docs" / "results-smoke.json").write_text(json.dumps(saved))
+    logs.clear()
+    again = run_results("smoke", out=str(tmp_path / "docs"), runs=str(tmp_path / "runs"), log=logs.append)
+    assert [line.split(":")[0] for line in logs if "already in" in line] == \
+        ["== search vae/latent-20", "== search vae/latent-32"] + [f"== {name}" for name, *_ in ROWS[1:]]
+    vae = next(r for r in again["rows"] if r["row"] == "vae")
+    assert vae["search"] == rows["vae"]["search"] and vae["test_elbo_nats"] == rows["vae"]["test_elbo_nats"]
+
+
+def _check_search(tmp_path, rows, page):
+    """The smoke profile's search: two VAE configurations at 5 steps on the validation split, scored on
+    its 64 first held-out images; the final row trains the winner; the others search nothing."""
+    search = rows["vae"]["search"]
+    assert [c["name"] for c in search["configs"]] == ["latent-20", "latent-32"]
+    for c in search["configs"]:
+        assert c["elbo"] < 0 and c["elbo_se"] > 0 and c["n_valid"] == 64 and c["steps"] == 5 and c["train_seconds"] > 0
+    best = max(search["configs"], key=lambda c: c["elbo"])
+    assert search["winner"]["name"] == best["name"] and search["budget"] == "5 steps on 1,247 images"
+    assert rows["vae"]["options"] == {"model": {"T": None, **best["model"]}, "trainer": {}}
+    assert all(rows[name]["search"] is None for name in rows if name != "vae")
+    assert json.load(open(tmp_path / "docs" / "results-smoke-search.json"))["vae"] == search
+    assert "### vae (5 steps on 1,247 images)" in page and f"Winner: **{best['name']}**, Δ = " in page
+    assert f"| **{best['name']}** |" in page and "| latent-32 | latent_dim=32 |" in page.replace("**", "")
 
 
 def test_results_page_shows_the_schedule_variance_benchmark_when_its_json_is_there(tmp_path):
@@ -44,3 +72,37 @@ def test_results_page_shows_the_schedule_variance_benchmark_when_its_json_is_the
     text = page.read_text()
     assert "| density-variance | density-from-cosine | variance | 16.34 | 11.00 | -111.50 ± 1.30 |" in text
     assert "| cosine | cosine | variance | 16.34 |" in text and "abc1234" in text
+
+
+def _row(share, iwae=-90.0):
+    return {"row": "vae", "iwae_nats": iwae, "khat_frac_gt_0.7": share, "n_test_iwae": 1000, "iwae_k": 5000}
+
+
+def test_khat_note_says_what_the_share_implies_for_the_iwae_figure():
+    assert khat_note(_row(0.253)) == ("vae: k̂ > 0.7 on 25% of 1,000 images: the IWAE figure -90.00 is a conservative "
+                                      "bound (its NLL 90.00 likely overstates the model's) and more K would likely "
+                                      "raise it; its ± does not cover this gap.")
+    assert khat_note(_row(0.04)).startswith("vae: k̂ > 0.7 on 4% of 1,000 images: the IWAE figure -90.00 rests mostly")
+    assert khat_note(_row(0.0)).startswith("vae: k̂ ≤ 0.7 on all 1,000 images: the K = 5,000 estimate is reliable")
+    assert khat_note(_row(None, iwae=None)) is None
+
+
+def test_page_lists_each_anchor_with_its_bound_and_protocol_and_the_khat_share(tmp_path):
+    row = {**_row(0.42), "dataset": "mnist", "profile": "cpu", "test_elbo_nats": -99.0, "test_elbo_se": 0.26,
+           "bits_per_dim": 0.18, "iwae_se": 0.8, "pfode_bound_nats": None, "khat_max": 2.5, "active_units": 20,
+           "epochs": 20.0, "train_seconds": 120.0, "threads": 2, "device": "CPU", "git_commit": "abc", "search": None}
+    page = tmp_path / "results.md"
+    write_page({"rows": [row]}, "cpu", str(page))
+    text = page.read_text()
+    for line in ("| VAE, 1 stochastic layer (Burda et al. 2016) | 86.76 | importance-weighted | dynamic binarization, K = 5,000 |",
+                 "| VAE, 2 stochastic layers (Burda et al. 2016) | 85.33 | importance-weighted | dynamic binarization, K = 5,000 |",
+                 "| IWAE, k = 50, 2 stochastic layers (Burda et al. 2016) | 82.90 | importance-weighted | dynamic binarization, "
+                 "K = 5,000 |",
+                 "| Efficient-VDVAE (Hazami et al. 2022) | 79.09 | ELBO | dynamic binarization |",
+                 "| NVAE (Vahdat & Kautz 2020) | 78.01 | importance-weighted | dynamic binarization, K = 1,000 |",
+                 "| PixelCNN (van den Oord et al. 2016) | 81.30 | exact | static binarization |"):
+        assert line + "\n" in text, line
+    assert text.count("| 86.76 |") == 1 and "| model | NLL | bound | protocol |" in text
+    assert "| vae | -99.00 ± 0.26 | 0.1800 | -90.00 ± 0.80 (5000, 1000) | – | 2.50 | 42% | 20 |" in text
+    assert "* vae: k̂ > 0.7 on 42% of 1,000 images: the IWAE figure -90.00 is a conservative" in text
+    assert "still a lower bound on log p(x) in expectation (Burda et al. 2016)" in text and "Validation search" not in text

@@ -27,10 +27,16 @@ from .cifar import cifar10_arrays
 from ..limits import DATASETS
 from .mnist import idx_arrays, mnist_arrays
 
-__all__ = ["DataSplit", "load_dataset", "default_binarization", "DATASETS", "five_clusters", "batches", "mnist"]
+__all__ = ["DataSplit", "load_dataset", "default_binarization", "DATASETS", "SPLITS", "five_clusters", "batches",
+           "mnist", "validation_split", "VALIDATION_SEED"]
 
 SPLIT_SEED = 20240501  # fixed once: the train/test split and the static binarization
 MNIST_TEST_SEED = 20240601  # fixed once: the binarization of the 10,000 MNIST test images
+VALIDATION_SEED = 20240701  # fixed once: the binarization of the held-out training images (dynamic data)
+
+#: the splits :func:`load_dataset` returns: ``test`` (train on every training image, test on the test
+#: images) and ``validation`` (:func:`validation_split`: the test images are not used)
+SPLITS = ("test", "validation")
 
 
 @dataclass
@@ -158,15 +164,51 @@ def _offline(name: str, data_dir: str | None, binarize: str) -> DataSplit:
 
 
 
+def validation_split(data: DataSplit) -> DataSplit:
+    """Hold out the last ⌈n/6⌉ of the ``n`` training images (full MNIST: images 50,000..59,999, the
+    benchmark protocol's validation set) as the ``test`` part of a new split; the first ones are
+    its ``train`` part.  The test images of ``data`` are not in it: settings are chosen on it,
+    never on the test set.
+
+    Binarization as the protocol's: dynamic data keep their grey levels for the training part
+    (redrawn each time an image is used), and the held-out images are binarized once from their
+    grey levels with their own generator seeded with :data:`VALIDATION_SEED` (distinct from
+    :data:`MNIST_TEST_SEED`); statically binarized, 8-bit and continuous data keep their values.
+    """
+    n = data.train.shape[0]
+    n_valid = -(-n // 6)
+    keep = n - n_valid
+    if keep < 1:
+        raise ValueError(f"{data.name} has {n} training examples: too few to hold out a validation set")
+    probs = data.train_probs
+    held = data.train[keep:]
+    if data.dynamic:
+        held = torch.bernoulli(probs[keep:], generator=torch.Generator().manual_seed(VALIDATION_SEED))
+    return DataSplit(f"{data.name}-validation", data.train[:keep], held, data.kind, data.shape,
+                     None if probs is None else probs[:keep], None if probs is None else probs[keep:],
+                     dynamic=data.dynamic, extra={**data.extra, "split": "validation", "n_valid": n_valid})
+
 
 def default_binarization(name: str) -> str:
     """The protocol's binarization of a dataset: ``dynamic`` for full MNIST, ``static`` otherwise."""
     return "dynamic" if name == "mnist" else "static"
 
 
-def load_dataset(name: str = "mnist5k", binarize: str | None = None, data_dir: str | None = None) -> DataSplit:
-    """Load a dataset by name (see :data:`DATASETS`); ``binarize`` None: :func:`default_binarization`."""
-    binarize = binarize or default_binarization(name)
+def load_dataset(name: str = "mnist5k", binarize: str | None = None, data_dir: str | None = None,
+                 split: str = "test") -> DataSplit:
+    """Load a dataset by name (see :data:`DATASETS`); ``binarize`` None: :func:`default_binarization`.
+
+    :param split: ``"test"``: train on every training image, test on the test images;
+        ``"validation"``: :func:`validation_split` (the last sixth of the training images held out
+        as its test part; full MNIST: 50,000 / 10,000).
+    """
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r}; expected one of {list(SPLITS)}")
+    data = _load(name, binarize or default_binarization(name), data_dir)
+    return validation_split(data) if split == "validation" else data
+
+
+def _load(name: str, binarize: str, data_dir: str | None) -> DataSplit:
     if name == "mnist5k":
         return mnist5k(binarize)
     if name == "digits":

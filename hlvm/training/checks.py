@@ -78,8 +78,9 @@ def validate_config(cfg) -> None:
     check_float("--skip-norm", cfg.skip_norm, 0, strict=True, optional=True)
     if cfg.resume and cfg.overwrite:
         raise ValueError("--resume and --overwrite exclude each other: continue the run or replace it")
-    if not isinstance(cfg.model_kwargs, dict):
-        raise ValueError(f"model_kwargs must be a dict, got {type(cfg.model_kwargs).__name__}")
+    for name in ("model_kwargs", "estimator_kwargs"):
+        if not isinstance(getattr(cfg, name, {}), dict):
+            raise ValueError(f"{name} must be a dict, got {type(getattr(cfg, name)).__name__}")
 
 
 def check_compare_options(K: int, iwae_examples: int, eval_examples: int, pfode_examples: int,

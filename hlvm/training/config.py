@@ -46,6 +46,9 @@ class TrainConfig:
     compile: bool = False
     threads: int | None = None
     model_kwargs: dict = field(default_factory=dict)
+    #: options of the ELBO estimator's constructor (:class:`~hlvm.DiffusionELBO`: ``sampler``,
+    #: ``schedule_objective``, …); the estimator every evaluation of the run uses too
+    estimator_kwargs: dict = field(default_factory=dict)
 
     def validate(self) -> None:
         """Raise ValueError naming the first option out of its range (:func:`hlvm.training.checks.validate_config`)."""

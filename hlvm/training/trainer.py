@@ -193,7 +193,7 @@ class Trainer:
 
     def _objective(self):
         """Objective: (the ELBO estimator of the model's DAG, the training objective)."""
-        bound = make_estimator(self.cfg.estimator, self.model)
+        bound = make_estimator(self.cfg.estimator, self.model, **self.cfg.estimator_kwargs)
         if self.cfg.free_bits <= 0:
             return bound, bound
         if not isinstance(bound, TraceMeanField_ELBO):
