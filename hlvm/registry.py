@@ -176,5 +176,5 @@ def build_model(spec: str, data_shape=None, kind: str | None = "binary", T: int 
     chosen = {k: v for k, v in candidates.items()
               if (k in params or accepts_any) and (v is not None or k == "T" or k in kwargs)}
     model = _construct(cls, spec, chosen, kwargs)
-    check_hierarchy(model, spec)
+    check_hierarchy(model, model_label(spec, kwargs))  # a failure names the options too
     return model

@@ -17,9 +17,10 @@ def register(sub):
 
 def add_arguments(p):
     """The options of ``compare`` (shared with ``demo``, which only changes their defaults)."""
-    p.add_argument("--models", default=DEFAULT_MODELS, help="comma-separated zoo names or file.py:Class, each with "
-                   "its constructor options in parentheses if any: 'vae,vdm(schedule=cosine,width=512),"
-                   "vdm(fourier=(7,8))' (quote it for the shell; values as in hlvm train --set; the row is named so)")
+    p.add_argument("--models", default=DEFAULT_MODELS, help="comma-separated zoo names or file.py:Class, each "
+                   "with its constructor options in parentheses if any, e.g. --models "
+                   "'vae,vdm(schedule=cosine,width=512)' (quoted for the shell; values as in hlvm train --set, "
+                   "tuples too: fourier=(7,8)); each row is named so")
     add_common(p)
     p.add_argument("--K", type=int, default=50, help="importance samples for the IWAE bound and its Pareto k̂: "
                    "0 (skip) or >= 30 (k̂ fits its tail to ⌊K/5⌋ >= 6 weights)")
