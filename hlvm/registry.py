@@ -5,7 +5,9 @@ registers ``vae``, ``hvae-bu``, ``hvae-td`` and ``vdm`` there, and any installed
 its own) and from :func:`register` at run time.  ``path/to/file.py:ClassName`` loads a user's
 hierarchy from a file.  A class's own constructor defaults are its defaults: :func:`build_model`
 passes only ``data_shape``, ``likelihood``, ``T`` and ``layers`` (where the class accepts them)
-and checks the result against the :class:`~hlvm.programs.contract.Hierarchy` contract.
+and the model's options (``hlvm train --set``, ``hlvm compare --models 'name(...)'``), each checked
+against the constructor's signature (:func:`check_model_options`), and checks the result against
+the :class:`~hlvm.programs.contract.Hierarchy` contract.
 """
 
 from __future__ import annotations
@@ -16,10 +18,12 @@ import os
 import sys
 from importlib.metadata import entry_points
 
+from .limits import RESERVED_OPTIONS, format_value, model_label
 from .programs.contract import check_hierarchy
 from .validate import user_error
 
-__all__ = ["ENTRY_POINT_GROUP", "register", "names", "load_class", "accepts", "build_model"]
+__all__ = ["ENTRY_POINT_GROUP", "register", "names", "load_class", "accepts", "model_options", "check_model_options",
+           "build_model"]
 
 ENTRY_POINT_GROUP = "hlvm.models"
 _REGISTERED: dict = {}
@@ -86,18 +90,36 @@ def _import_file(path: str):
     return module
 
 
-def _construct(cls, spec: str, kwargs: dict):
+def _construct(cls, spec: str, kwargs: dict, options: dict):
     """``cls(**kwargs)`` as a one-line ValueError when it fails: naming the file and line for a
-    user's ``path/file.py:Class``; a zoo class's own ValueError (its argument checks) as it is."""
+    user's ``path/file.py:Class``; a zoo class's own ValueError (its argument checks) as it is;
+    prefixed by the option whose value the constructor refuses, when one of ``options`` is."""
     try:
         return cls(**kwargs)
     except Exception as e:
         path, _, name = spec.rpartition(":")
         if path and os.path.isfile(path):
             raise user_error(e, path, f"{name}(...) failed") from e
+        first = str(e).splitlines()[0] if str(e) else ""
+        message = first if isinstance(e, ValueError) else f"{type(e).__name__}: {first}"
+        blamed = _blame(cls, kwargs, options)
+        if blamed is not None:
+            raise ValueError(f"model {spec!r}: option {blamed}={format_value(options[blamed])} refused: {message}") from e
         if isinstance(e, ValueError):
             raise
-        raise ValueError(f"model {spec!r} could not be built: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from e
+        raise ValueError(f"model {model_label(spec, options)!r} could not be built: {message}") from e
+
+
+def _blame(cls, kwargs: dict, options: dict):
+    """The first of ``options`` whose value alone (the others left at their defaults) makes
+    ``cls`` fail to build, or None (called only after ``cls(**kwargs)`` failed)."""
+    base = {k: v for k, v in kwargs.items() if k not in options}
+    for key in options:
+        try:
+            cls(**base, **{key: kwargs[key]})
+        except Exception:
+            return key
+    return None
 
 
 def accepts(spec: str, option: str) -> bool:
@@ -106,16 +128,41 @@ def accepts(spec: str, option: str) -> bool:
     return option in params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
 
 
+def model_options(spec: str) -> list[str]:
+    """The options of ``spec``'s constructor a user sets by name: its keyword arguments, less those
+    the command line sets otherwise (:data:`~hlvm.limits.RESERVED_OPTIONS`: data shape, likelihood,
+    ``T``, ``layers``)."""
+    kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    params = list(inspect.signature(load_class(spec).__init__).parameters.values())[1:]  # less self
+    return [p.name for p in params if p.kind in kinds and p.name not in RESERVED_OPTIONS]
+
+
+def check_model_options(spec: str, options: dict) -> None:
+    """ValueError, in one line, for the first of ``options`` that ``spec``'s constructor does not
+    take by name (listing those it takes), or that another option sets (naming it)."""
+    known = model_options(spec)
+    params = inspect.signature(load_class(spec).__init__).parameters.values()
+    any_name = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params)
+    for key in options:
+        if key in RESERVED_OPTIONS:
+            raise ValueError(f"model option {key!r} is set by {RESERVED_OPTIONS[key]}, not as a model option")
+        if key not in known and not any_name:
+            raise ValueError(f"model {spec!r} has no option {key!r}; its options: {', '.join(known) or '(none)'}")
+
+
 def build_model(spec: str, data_shape=None, kind: str | None = "binary", T: int | None = None,
                 layers: int | None = None, strict: bool = True, **kwargs):
     """Instantiate ``spec`` for data of ``data_shape`` and representation ``kind``, checked
     against the Hierarchy contract.
 
     Only the keyword arguments the class accepts are passed (``data_shape``, ``likelihood``,
-    ``T``, ``layers``, then ``kwargs``; None means "the class's default"), so user classes with
-    other signatures work as long as their defaults fit the data.  With ``strict``, asking for
-    ``T`` or ``layers`` of a class without them is an error (``hlvm render`` passes them loosely).
+    ``T``, ``layers``; None means "the class's default"), so user classes with other signatures
+    work as long as their defaults fit the data.  ``kwargs``, the model's options, are passed as
+    they are and must be constructor arguments (:func:`check_model_options`); a value the
+    constructor refuses is a ValueError naming its option.  With ``strict``, asking for ``T`` or
+    ``layers`` of a class without them is an error (``hlvm render`` passes them loosely).
     """
+    check_model_options(spec, kwargs)
     cls = load_class(spec)
     params = inspect.signature(cls.__init__).parameters
     accepts_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
@@ -128,6 +175,6 @@ def build_model(spec: str, data_shape=None, kind: str | None = "binary", T: int 
     # T=None is meaningful (continuous time) for a class that takes T: always passed
     chosen = {k: v for k, v in candidates.items()
               if (k in params or accepts_any) and (v is not None or k == "T" or k in kwargs)}
-    model = _construct(cls, spec, chosen)
-    check_hierarchy(model, spec)
+    model = _construct(cls, spec, chosen, kwargs)
+    check_hierarchy(model, model_label(spec, kwargs))  # a failure names the options too
     return model

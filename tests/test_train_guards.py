@@ -136,7 +136,8 @@ def test_stale_temporary_checkpoints_are_removed(run4, tmp_path, digits):
     ({"ema": 0.9}, "ema 0.0 → 0.9"),
     ({"data": "mnist5k"}, "data 'digits' → 'mnist5k'"),
     ({"binarize": "dynamic"}, "binarize 'static' → 'dynamic'"),
-    ({"model_kwargs": {"hidden": 64, "latent_dim": 4}}, "model_kwargs"),
+    ({"model_kwargs": {"hidden": 64, "latent_dim": 4}}, "model_kwargs.hidden 32 → 64"),
+    ({"model_kwargs": {"hidden": 32, "latent_dim": 4, "depth": 2}}, "model_kwargs.depth (default) → 2"),
 ])
 def test_resume_refuses_settings_that_alter_the_run(run4, tmp_path, kw, changed, monkeypatch):
     import hlvm.training.trainer as train

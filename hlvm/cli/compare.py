@@ -17,7 +17,10 @@ def register(sub):
 
 def add_arguments(p):
     """The options of ``compare`` (shared with ``demo``, which only changes their defaults)."""
-    p.add_argument("--models", default=DEFAULT_MODELS, help="comma-separated zoo names or file.py:Class")
+    p.add_argument("--models", default=DEFAULT_MODELS, help="comma-separated zoo names or file.py:Class, each "
+                   "with its constructor options in parentheses if any, e.g. --models "
+                   "'vae,vdm(schedule=cosine,width=512)' (quoted for the shell; values as in hlvm train --set, "
+                   "tuples too: fourier=(7,8)); each row is named so")
     add_common(p)
     p.add_argument("--K", type=int, default=50, help="importance samples for the IWAE bound and its Pareto k̂: "
                    "0 (skip) or >= 30 (k̂ fits its tail to ⌊K/5⌋ >= 6 weights)")
@@ -32,13 +35,14 @@ def add_arguments(p):
 def run(args):
     import sys
 
+    from hlvm.limits import parse_model, split_models
     from hlvm.reports.compare import run_compare
     from hlvm.training import EvaluationFailed, TrainingDiverged
 
-    models = [m.strip() for m in args.models.split(",") if m.strip()]
+    models = [parse_model(m) for m in split_models(args.models)]  # a malformed entry: ValueError, exit 2
     if args.steps is None and args.epochs is None:
         args.steps = 400
-    base = config_from(args, models[0] if models else "vae", args.out)
+    base = config_from(args, models[0][0] if models else "vae", args.out)
     try:
         run_compare(models, base, args.out, K=args.K, iwae_examples=args.iwae_examples, eval_examples=base.eval_examples,
                     pfode_examples=args.pfode_examples, pfode_samples=args.pfode_samples, render=not args.no_render)

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import os
 
+from hlvm.limits import model_label
+
 __all__ = ["register", "run", "load_trained", "output_path", "DEFAULT_NAME"]
 
 #: the file written inside a directory given as ``--out``
@@ -31,7 +33,8 @@ def register(sub):
 
 
 def load_trained(model: str, checkpoint: str, device: str = "cpu"):
-    """Rebuild a model from a checkpoint's config and weights (EMA weights when present)."""
+    """Rebuild a model from a checkpoint's config — with the options it was trained with
+    (``model_kwargs``) — and its weights (EMA weights when present)."""
     from hlvm.training.checkpoints import load_run_checkpoint
     from hlvm.registry import build_model, load_class
 
@@ -89,4 +92,4 @@ def run(args):
             x = draw(m, args.n, steps=args.steps)
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     save_grid(x.reshape(args.n, *ck["data"]["shape"]), out, ck["data"]["kind"])
-    print(f"wrote {out} ({args.n} samples)")
+    print(f"wrote {out} ({args.n} samples of {model_label(args.model, ck['config'].get('model_kwargs'))})")

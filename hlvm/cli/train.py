@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import argparse
 import sys
 
-from hlvm.limits import DATASETS, ESTIMATORS, MAX_T, default_threads
+from hlvm.limits import DATASETS, ESTIMATORS, MAX_T, default_threads, parse_assignment, parse_options
+
+__all__ = ["register", "add_common", "add_model_options", "config_from", "run", "NOT_OPTIONS"]
 
 
 #: TrainConfig fields that no option of the same name fills
@@ -48,10 +51,29 @@ def add_common(p):
                    "leaves free, from the load average; recorded in the run)")
 
 
+def _assignment(text: str):
+    """argparse's reading of one ``--set`` item (:func:`hlvm.limits.parse_assignment`)."""
+    try:
+        return parse_assignment(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"{e} (--set takes KEY=VALUE items up to the next option)") from None
+
+
+def add_model_options(p):
+    """``--set KEY=VALUE ...``: the model's constructor options (repeatable)."""
+    p.add_argument("--set", dest="model_options", nargs="+", action="extend", type=_assignment, default=None,
+                   metavar="KEY=VALUE", help="the model's constructor options, e.g. --set schedule=cosine "
+                   "fourier=(7,8) width=1024 (repeatable). VALUE is a Python literal where it is one (3, 1e-3, "
+                   "(16,8), true/false/none in any case), else a string; a name the constructor does not take, "
+                   "or a value it refuses, exits 2. Recorded in the checkpoint; on --resume, options not given "
+                   "keep the run's own and a changed one is refused")
+
+
 def register(sub):
     p = sub.add_parser("train", help="train one model with Pyro SVI")
     p.add_argument("model", help="vae | hvae-bu | hvae-td | vdm | path/to/file.py:ClassName")
     add_common(p)
+    add_model_options(p)
     p.add_argument("--estimator", default=None, choices=ESTIMATORS, help="(default auto)")
     p.add_argument("--out", default=None, help="run folder (default runs/MODEL)")
     p.add_argument("--resume", action="store_true", help="continue exactly from OUT/checkpoint.pt: options not given "
@@ -68,7 +90,8 @@ def register(sub):
 def config_from(args, model: str, out: str, saved: dict | None = None):
     """The TrainConfig of the parsed ``args``: every option named as a TrainConfig field fills it;
     options not given (None: the parser default of those that define the run) take TrainConfig's
-    defaults, or the values in ``saved`` (a checkpoint's config, on ``--resume``)."""
+    defaults, or the values in ``saved`` (a checkpoint's config, on ``--resume``).  The model's
+    options (``--set``) fill ``model_kwargs``, on top of ``saved``'s."""
     from dataclasses import asdict
 
     from hlvm.data import default_binarization
@@ -82,9 +105,9 @@ def config_from(args, model: str, out: str, saved: dict | None = None):
         values["binarize"] = default_binarization(values["data"])
     if values.get("threads") is None:
         values["threads"] = default_threads()
+    model_kwargs = {**(base.get("model_kwargs") or {}), **parse_options(getattr(args, "model_options", None) or ())}
     return TrainConfig(model=model, out=out, progress=not args.no_progress, resume=getattr(args, "resume", False),
-                       overwrite=getattr(args, "overwrite", False), model_kwargs=dict(base.get("model_kwargs") or {}),
-                       **values)
+                       overwrite=getattr(args, "overwrite", False), model_kwargs=model_kwargs, **values)
 
 
 def _saved_config(out: str, resume: bool) -> dict | None:

@@ -7,6 +7,10 @@ from its own T-step chain; a continuous-time VDM has no importance-weighted boun
 and its place is taken by the probability-flow ODE bound (:mod:`hlvm.diffusion.ode`).
 The report folder holds ``report.md``, ``report.json``, PNG plots (test-ELBO curves, per-layer KL
 or diffusion-term breakdown, sample grids, reconstructions) and the plate diagrams.
+
+A model may carry constructor options (``vdm(schedule=cosine,width=512)``): its row, figures and
+details are named by that label (:func:`hlvm.limits.model_label`), its row records them under
+``options``, and its run's checkpoint records them in ``model_kwargs``.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 from dataclasses import replace
 
 import torch
@@ -23,7 +28,8 @@ from ..eval.psis import MIN_KHAT_SAMPLES
 from ..eval.scores import own_bounds, score
 from ..training.checks import check_compare_options, writable_folder
 from ..training import EvaluationFailed, TrainConfig, Trainer, WARMUP_STEPS
-from ..registry import accepts, load_class
+from ..limits import model_label, parse_model
+from ..registry import accepts, build_model, check_model_options
 from .files import files_section
 
 __all__ = ["run_compare", "format_table"]
@@ -47,29 +53,33 @@ def format_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def run_compare(models: list[str], base: TrainConfig, out: str, K: int = 50, iwae_examples: int = 100,
+def run_compare(models: list, base: TrainConfig, out: str, K: int = 50, iwae_examples: int = 100,
                 eval_examples: int = 1000, pfode_examples: int = 100, pfode_samples: int = 1, render: bool = True,
                 log=print) -> dict:
     """Train each model with the same budget and data, evaluate, and write the report to ``out``
     (rewritten after each model, so a late failure keeps the rows already done; a failure after a
     model's training names its checkpoint).  The runs of an earlier report in ``out`` are replaced.
 
+    ``models`` holds names (``"vae"``), names with options (``"vdm(schedule=cosine)"``) or
+    ``(name, options)`` pairs.  Every model is built once on the data before any training, so an
+    option value its constructor refuses fails first (ValueError naming it).
+
     ``sec_per_epoch`` is the training throughput after warm-up: the first
     :data:`~hlvm.training.WARMUP_STEPS` steps (allocation, caches, compilation) and the periodic
     evaluations are left out.
     """
+    models = [_entry(m) for m in models]
     check_options(models, base, out, K, iwae_examples, eval_examples, pfode_examples, pfode_samples)
     data = load_dataset(base.data, base.binarize, base.data_dir)
+    configs = [_run_config(base, spec, options, out, eval_examples) for spec, options in models]
+    for cfg in configs:  # every option value checked by its constructor before the first training
+        build_model(cfg.model, data.shape, data.kind, T=cfg.T, layers=cfg.layers, **cfg.model_kwargs)
     os.makedirs(out, exist_ok=True)
     report = {"rows": [], "details": {}, "curves": {}, "breakdowns": {}, "files": {}}
     settings = dict(K=K, iwae_examples=iwae_examples, eval_examples=eval_examples, pfode_examples=pfode_examples,
                     pfode_samples=pfode_samples)
-    for name in models:
-        tag = _tag(name)
-        # --T and --layers apply to the models that have them
-        cfg = replace(base, model=name, out=os.path.join(out, "runs", tag), eval_examples=min(eval_examples, 500),
-                      resume=False, overwrite=True,
-                      T=base.T if accepts(name, "T") else None, layers=base.layers if accepts(name, "layers") else None)
+    for cfg in configs:
+        name, tag = model_label(cfg.model, cfg.model_kwargs), _tag(cfg.model, cfg.model_kwargs)
         log(f"== {name}: training on {data.name} ({data.kind}, {tuple(data.shape)}) for {cfg.steps or cfg.epochs} "
             f"{'steps' if cfg.steps else 'epochs'}")
         trainer = Trainer(cfg, data)
@@ -87,26 +97,48 @@ def run_compare(models: list[str], base: TrainConfig, out: str, K: int = 50, iwa
     return {"rows": report["rows"], "details": report["details"]}
 
 
-def check_options(models: list[str], base: TrainConfig, out: str, K: int, iwae_examples: int, eval_examples: int,
+def check_options(models: list[tuple], base: TrainConfig, out: str, K: int, iwae_examples: int, eval_examples: int,
                   pfode_examples: int, pfode_samples: int) -> None:
-    """Every option of a comparison, checked before any data is read (ValueError naming the option)."""
+    """Every option of a comparison, checked before any data is read (ValueError naming the option);
+    ``models`` as ``(name, options)`` pairs."""
     if not models:
         raise ValueError("--models is empty: name at least one model")
-    tags = [_tag(m) for m in models]
-    twice = sorted({m for m, t in zip(models, tags) if tags.count(t) > 1})
+    tags = [_tag(*m) for m in models]
+    twice = sorted({model_label(*m) for m, t in zip(models, tags) if tags.count(t) > 1})
     if twice:
         raise ValueError(f"--models names {', '.join(twice)} more than once (each model gets one run folder)")
     base.validate()
-    for m in models:
-        load_class(m)  # unknown names and broken model files fail before any training
-    T = base.T if any(accepts(m, "T") for m in models) else None
+    for spec, options in models:  # unknown names, broken model files and unknown options fail before any training
+        check_model_options(spec, options)
+    T = base.T if any(accepts(spec, "T") for spec, _ in models) else None
     check_compare_options(K, iwae_examples, eval_examples, pfode_examples, pfode_samples, MIN_KHAT_SAMPLES, T)
     writable_folder(out, "the report")
 
 
-def _tag(name: str) -> str:
-    """The file-name tag of a model in the report (its run folder, figure names)."""
-    return os.path.basename(name).replace(":", "-").replace(".py", "")
+def _entry(model) -> tuple:
+    """``(name, options)`` of one entry of ``models``: a name, ``name(KEY=VALUE,...)`` or a pair."""
+    if isinstance(model, str):
+        return parse_model(model)
+    spec, options = model
+    return spec, dict(options or {})
+
+
+def _run_config(base: TrainConfig, spec: str, options: dict, out: str, eval_examples: int) -> TrainConfig:
+    """The training config of one model of the comparison: ``base`` with the model, its options
+    and run folder; ``--T`` and ``--layers`` apply to the models that have them."""
+    return replace(base, model=spec, model_kwargs=dict(options), out=os.path.join(out, "runs", _tag(spec, options)),
+                   eval_examples=min(eval_examples, 500), resume=False, overwrite=True,
+                   T=base.T if accepts(spec, "T") else None, layers=base.layers if accepts(spec, "layers") else None)
+
+
+def _tag(name: str, options: dict | None = None) -> str:
+    """The file-name tag of a model in the report (its run folder, figure names): the name, then
+    each option as ``_key-value`` with characters other than letters, digits, ``.``, ``+``, ``-``
+    dropped (``vdm(schedule=cosine,fourier=(7,8))`` → ``vdm_schedule-cosine_fourier-7-8``)."""
+    tag = os.path.basename(name).replace(":", "-").replace(".py", "")
+    for key, value in (options or {}).items():
+        tag += f"_{key}-" + "-".join(filter(None, re.split(r"[^A-Za-z0-9.+-]+", str(value))))
+    return tag
 
 
 def _report_model(report, name, tag, trainer, result, data, base, settings, out, render, log) -> None:
@@ -134,7 +166,7 @@ def _evaluate_row(name, trainer, result, data, seed, settings, log):
     for message in s.khat_warnings:
         log(f"   warning ({name}): {message}")
     ev, iw, pf = s.evaluation, s.iwae, s.pfode
-    row = {"model": name, "elbo": ev["elbo"], "elbo_se": ev["nats_se"], "bpd": ev["bpd"],
+    row = {"model": name, "options": dict(trainer.cfg.model_kwargs), "elbo": ev["elbo"], "elbo_se": ev["nats_se"], "bpd": ev["bpd"],
            "iwae": iw.get("iwae"), "iwae_se": iw.get("iwae_se"), "iwae_bpd": iw.get("iwae_bpd"),
            "khat_max": iw.get("khat_max"), "khat_mean": iw.get("khat_mean"),
            "pfode": pf.get("pfode"), "pfode_se": pf.get("pfode_se"), "pfode_bpd": pf.get("pfode_bpd"),

@@ -188,9 +188,27 @@ def config_changes(saved: dict, current: dict, defaults: dict) -> tuple[list[Con
     refused, allowed = [], []
     for key in current:
         before = saved.get(key, defaults.get(key))
-        if before != current[key]:
-            (allowed if key in ALLOWED_ON_RESUME else refused).append(ConfigChange(key, before, current[key]))
+        if isinstance(before, dict) and isinstance(current[key], dict):  # model_kwargs: one change per option
+            changes = _dict_changes(key, before, current[key])
+        else:
+            changes = [ConfigChange(key, before, current[key])] if before != current[key] else []
+        (allowed if key in ALLOWED_ON_RESUME else refused).extend(changes)
     return refused, allowed
+
+
+class _Unset:
+    """An option a config does not give (the constructor's default); shown as ``(default)``."""
+
+    def __repr__(self) -> str:
+        return "(default)"
+
+
+def _dict_changes(key: str, before: dict, after: dict) -> list[ConfigChange]:
+    """The changes between two dict settings, one per entry: ``model_kwargs.width 64 → 32``."""
+    unset = _Unset()
+    names = list(before) + [k for k in after if k not in before]
+    return [ConfigChange(f"{key}.{k}", before.get(k, unset), after.get(k, unset)) for k in names
+            if k not in before or k not in after or before[k] != after[k]]
 
 
 # --------------------------------------------------------------------------------- data vs model

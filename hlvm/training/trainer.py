@@ -46,7 +46,8 @@ from ..data import DataSplit, load_dataset
 from ..estimators import make_estimator
 from ..programs.elbo import DiffusionELBO
 from ..eval import evaluate
-from ..registry import build_model, load_class
+from ..limits import model_label
+from ..registry import build_model, check_model_options
 from .checkpoints import CHECKPOINT, load_checkpoint, load_run_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .checks import QUIET_ON_RESUME, check_data_fits, clean_stale_tmp, config_changes, prepare_run_folder
 from .compile import RecordedLoss
@@ -172,8 +173,10 @@ class Trainer:
     # -- stages 2-4: data, model, objective ------------------------------------------------
     def _load_data(self, data: DataSplit | None) -> DataSplit:
         """Data: ``data`` or the dataset the options name, once the model's name is known to load
-        (an unknown name or a broken model file fails before the data are read)."""
-        load_class(self.cfg.model)
+        and its options are its constructor's (an unknown name, a broken model file or an option
+        the model does not take fails before the data are read; a refused value, when the model is
+        built, before any step)."""
+        check_model_options(self.cfg.model, self.cfg.model_kwargs)
         data = data if data is not None else load_dataset(self.cfg.data, self.cfg.binarize, self.cfg.data_dir)
         if data.train.shape[0] < self.cfg.batch_size:
             raise ValueError(f"--batch-size {self.cfg.batch_size} exceeds the {data.train.shape[0]} training examples")
@@ -314,10 +317,10 @@ class Trainer:
         return self.result
 
     def _announce(self) -> None:
-        """One line on what runs: model, data, estimator, steps."""
+        """One line on what runs: model with its options, data, estimator, steps."""
         if self.is_main:
             cfg, d = self.cfg, self.data
-            self.log(f"{cfg.model}: {d.name} ({d.kind}{', dynamic binarization' if d.dynamic else ''}), "
+            self.log(f"{model_label(cfg.model, cfg.model_kwargs)}: {d.name} ({d.kind}{', dynamic binarization' if d.dynamic else ''}), "
                      f"{d.train.shape[0]:,} training / {d.test.shape[0]:,} test examples; {cfg.estimator} estimator "
                      f"{type(self.estimator).__name__}; steps {self.step} → {self.total_steps}")
 

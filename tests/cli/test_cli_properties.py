@@ -140,7 +140,9 @@ def test_options_are_read_from_the_parser(command):
 
 #: inputs that ended in a traceback or a diverged run once: always tried, besides the random ones
 KNOWN = {
-    "train": [("--free-bits", "inf"), ("--free-bits", "1e308")],  # trained, then "loss became nan" (exit 1)
+    "train": [("--free-bits", "inf"), ("--free-bits", "1e308"),  # trained, then "loss became nan" (exit 1)
+              ("--set", "encoder=x"), ("--set", "hidden=1e308"), ("--set", "latent_dim=(1,2)"), ("--set", "=")],
+    "compare": [("--models", "vae("), ("--models", "vae(hidden=)"), ("--models", "vae(encoder=x)"), ("--models", ",)")],
     "sample": [("--steps", "-1")],  # IndexError from the sampler
 }
 
