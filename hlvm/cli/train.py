@@ -11,7 +11,7 @@ __all__ = ["register", "add_common", "add_model_options", "config_from", "run", 
 
 
 #: TrainConfig fields that no option of the same name fills
-NOT_OPTIONS = ("model", "out", "resume", "overwrite", "progress", "model_kwargs")
+NOT_OPTIONS = ("model", "out", "resume", "overwrite", "progress", "model_kwargs", "estimator_kwargs")
 
 
 def add_common(p):
@@ -107,7 +107,8 @@ def config_from(args, model: str, out: str, saved: dict | None = None):
         values["threads"] = default_threads()
     model_kwargs = {**(base.get("model_kwargs") or {}), **parse_options(getattr(args, "model_options", None) or ())}
     return TrainConfig(model=model, out=out, progress=not args.no_progress, resume=getattr(args, "resume", False),
-                       overwrite=getattr(args, "overwrite", False), model_kwargs=model_kwargs, **values)
+                       overwrite=getattr(args, "overwrite", False), model_kwargs=model_kwargs,
+                       estimator_kwargs=dict(base.get("estimator_kwargs") or {}), **values)
 
 
 def _saved_config(out: str, resume: bool) -> dict | None:

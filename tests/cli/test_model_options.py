@@ -233,3 +233,18 @@ def test_help_documents_the_syntax():
     assert code == 0 and "--set KEY=VALUE [KEY=VALUE ...]" in stdout and "fourier=(7,8)" in stdout
     code, stdout, _ = run(["compare", "--help"])
     assert code == 0 and "vdm(schedule=cosine,width=512)" in stdout
+
+
+def test_resume_keeps_the_runs_estimator_options(tmp_path):
+    """A run trained with estimator options (``TrainConfig.estimator_kwargs``, as the results search
+    sets them) resumes from the command line with the run's own, not refused as a change."""
+    from hlvm.training import TrainConfig, Trainer
+
+    out = tmp_path / "run"
+    Trainer(TrainConfig(model="vae", data="digits", steps=1, batch_size=16, eval_examples=8, progress=False,
+                        out=str(out), model_kwargs={"hidden": 8, "latent_dim": 2},
+                        estimator_kwargs={"num_particles": 2})).fit()
+    code, _, err = run(["train", "vae", *TINY, "--steps", "2", "--out", str(out), "--resume"])
+    assert code in (0, None), err
+    ck = load_run_checkpoint(str(out / "checkpoint.pt"))
+    assert ck["step"] == 2 and ck["config"]["estimator_kwargs"] == {"num_particles": 2}
