@@ -79,7 +79,7 @@ def evaluate(model, data, elbo=None, batch_size: int = 500, K: int = 0, iwae_bat
              max_examples: int | None = None, *, steps: int | None = None, seed: int | None = None,
              au_threshold: float = 0.01, plate: str = "data", breakdown: bool = True, pfode: bool = False,
              pfode_samples: int = 1, pfode_batch: int = 100, ode_options: dict | None = None,
-             iwae_memory: int | None = None, per_example: bool = False) -> dict:
+             iwae_memory: int | None = None, per_example: bool = False, progress=None) -> dict:
     """Evaluate a hierarchy on test data; returns a JSON-serialisable dict of plain numbers.
 
     Args:
@@ -108,6 +108,8 @@ def evaluate(model, data, elbo=None, batch_size: int = 500, K: int = 0, iwae_bat
         per_example: also return each example's value of every bound computed (see below); needs
             an estimator whose loss is one draw (Trace_ELBO, TraceMeanField_ELBO, DiffusionELBO
             with ``num_particles=1``: the default rule's), else ValueError before any work.
+        progress: called as ``progress(stage, done, total)`` after each batch, ``stage`` one of
+            ``"elbo"``, ``"iwae"``, ``"pfode"`` and ``done`` of ``total`` examples finished.
 
     Returns (means over examples; ``nats`` and ``bpd`` are losses: lower is better):
 
@@ -153,15 +155,16 @@ def evaluate(model, data, elbo=None, batch_size: int = 500, K: int = 0, iwae_bat
     if per_example and not _reads_from_trace(elbo):
         raise ValueError(f"per-example values need a one-draw ELBO estimator ({', '.join(c.__name__ for c in _ONE_TRACE)} "
                          f"with num_particles=1), got {type(elbo).__name__}")
+    report = progress or _silent
     with _seeded(seed, x.device), _eval_mode(model), torch.no_grad():
-        out = _bound_loop(model, x, elbo, batch_size, plate, breakdown)
+        out = _bound_loop(model, x, elbo, batch_size, plate, breakdown, report)
         if breakdown:
             out["active_units"] = out.pop("_active").counts(au_threshold)
             out["active_units_total"] = int(sum(out["active_units"].values()))
         if K:
-            out.update(_iwae_loop(model, x, K, iwae_batch, steps, plate, iwae_memory))
+            out.update(_iwae_loop(model, x, K, iwae_batch, steps, plate, iwae_memory, report))
         if pfode:
-            out.update(_pfode_loop(model, x, pfode_samples, pfode_batch, ode_options or {}))
+            out.update(_pfode_loop(model, x, pfode_samples, pfode_batch, ode_options or {}, report))
     values = {k: out.pop(f"_{k}") for k in _PER_EXAMPLE if f"_{k}" in out}
     out = _with_units(out, x, elbo)
     check_possible(out, model, x)
@@ -170,6 +173,10 @@ def evaluate(model, data, elbo=None, batch_size: int = 500, K: int = 0, iwae_bat
     if per_example:
         out["per_example"] = values
     return out
+
+
+def _silent(stage: str, done: int, total: int) -> None:
+    """The progress callback that reports nothing."""
 
 
 #: the bounds whose per-example values :func:`evaluate` returns (key ``_<name>`` inside the loops)
@@ -222,7 +229,7 @@ def _warn_heavy_tails(out, K) -> None:
             f"and the IWAE bound with K={K} is unreliable (Vehtari et al. 2024)", ParetoKWarning, stacklevel=3)
 
 
-def _bound_loop(model, x, elbo, batch_size, plate, breakdown) -> dict:
+def _bound_loop(model, x, elbo, batch_size, plate, breakdown, report) -> dict:
     """Σ over batches of −ELBO and, with ``breakdown``, of its terms; means over examples.
 
     When the estimator's loss is the −ELBO of one guide trace (:func:`_reads_from_trace`), the
@@ -237,13 +244,13 @@ def _bound_loop(model, x, elbo, batch_size, plate, breakdown) -> dict:
         xb = x[i:i + batch_size]
         if not from_trace:
             total += float(elbo.loss(model.model, model.guide, xb))
-        if not (breakdown or from_trace):
-            continue
-        terms = per_site_terms(model, None, xb, plate=plate, context=context, analytic_kl=analytic)
-        if from_trace:
-            losses.append(terms["total"].detach().double().cpu())
-        if breakdown:
-            sums.add(terms, xb.shape[0])
+        if breakdown or from_trace:
+            terms = per_site_terms(model, None, xb, plate=plate, context=context, analytic_kl=analytic)
+            if from_trace:
+                losses.append(terms["total"].detach().double().cpu())
+            if breakdown:
+                sums.add(terms, xb.shape[0])
+        report("elbo", i + xb.shape[0], x.shape[0])
     if from_trace:  # the mean of the per-example values: the same number with per_example or without
         losses = torch.cat(losses)
         out: dict = {"nats": float(losses.mean()), "_elbo": -losses}
@@ -301,13 +308,14 @@ class _TermSums:
         return {"reconstruction": self.recon / n, "kl": kl, "kl_total": sum(kl.values()), "factor": self.factor / n}
 
 
-def _iwae_loop(model, x, K, iwae_batch, steps, plate, memory) -> dict:
+def _iwae_loop(model, x, K, iwae_batch, steps, plate, memory, report) -> dict:
     bounds, khats = [], []
     for i in range(0, x.shape[0], iwae_batch):
         lw = per_example_log_weights(model, None, x[i:i + iwae_batch], K, steps=steps, plate=plate, memory=memory)  # (K, b)
         bounds.append(torch.logsumexp(lw, 0) - math.log(K))
         if K >= MIN_KHAT_SAMPLES:
             khats.append(pareto_khat(lw))
+        report("iwae", i + lw.shape[1], x.shape[0])
     bounds = torch.cat(bounds).double().cpu()
     iwae = float(bounds.mean())
     out = {"K": int(K), "iwae": iwae, "iwae_nats": -iwae, "iwae_se": _se(bounds), "_iwae": bounds}
@@ -341,7 +349,7 @@ def has_data_chain(model) -> bool:
         return False
 
 
-def _pfode_loop(model, x, samples, batch, ode_options) -> dict:
+def _pfode_loop(model, x, samples, batch, ode_options, report) -> dict:
     chain = data_chain(model)
     bounds, mc_var, nfe, seconds, solves = [], 0.0, 0.0, 0.0, 0
     for i in range(0, x.shape[0], batch):
@@ -349,6 +357,7 @@ def _pfode_loop(model, x, samples, batch, ode_options) -> dict:
         bounds.append(r["bound"].detach().double().cpu())
         mc_var += float(r["se"].double().pow(2).sum())
         nfe, seconds, solves = nfe + r["nfe"], seconds + r["seconds"], solves + 1
+        report("pfode", i + bounds[-1].numel(), x.shape[0])
     bounds = torch.cat(bounds)
     mean = float(bounds.mean())
     return {"pfode": mean, "pfode_nats": -mean, "pfode_se": _se(bounds), "pfode_mc_se": math.sqrt(mc_var) / bounds.numel(),

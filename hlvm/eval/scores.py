@@ -61,7 +61,7 @@ class Scores:
 
 def score(model, test: torch.Tensor, elbo=None, *, seed: int = 0, eval_examples: int | None = None, K: int = 0,
           iwae_examples: int | None = None, iwae_batch: int = 100, pfode_examples: int | None = None,
-          pfode_samples: int = 1, per_example: bool = False) -> Scores:
+          pfode_samples: int = 1, per_example: bool = False, progress=None) -> Scores:
     """The ELBO, and the IWAE and PF-ODE bounds that belong to ``model`` (:func:`own_bounds`), on the
     first examples of ``test``.
 
@@ -76,21 +76,24 @@ def score(model, test: torch.Tensor, elbo=None, *, seed: int = 0, eval_examples:
         draws of z_0 each.
     :param per_example: also each example's value of each bound (``Scores.per_example``; see
         :func:`~hlvm.eval.evaluate`'s ``per_example``).
+    :param progress: ``progress(stage, done, total)`` after each batch of each evaluation
+        (:func:`~hlvm.eval.evaluate`'s ``progress``).
 
     :class:`~hlvm.ParetoKWarning` of the IWAE evaluation is not emitted but returned in
     ``khat_warnings``; other warnings pass.
     """
     own, start = own_bounds(model), time.perf_counter()
-    scores = Scores(evaluate(model, test[:eval_examples], elbo=elbo, seed=seed, per_example=per_example))
+    common = dict(elbo=elbo, seed=seed, per_example=per_example, progress=progress)
+    scores = Scores(evaluate(model, test[:eval_examples], **common))
     if K and iwae_examples != 0 and own["iwae"]:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", ParetoKWarning)
-            scores.iwae = evaluate(model, test[:iwae_examples], elbo=elbo, K=K, seed=seed, breakdown=False,
-                                   iwae_batch=iwae_batch, per_example=per_example)
+            scores.iwae = evaluate(model, test[:iwae_examples], K=K, breakdown=False, iwae_batch=iwae_batch,
+                                   **common)
         scores.khat_warnings = _pass_others(caught, ParetoKWarning)
     if pfode_examples != 0 and own["pfode"]:
-        scores.pfode = evaluate(model, test[:pfode_examples], elbo=elbo, seed=seed, breakdown=False, pfode=True,
-                                pfode_samples=pfode_samples, per_example=per_example)
+        scores.pfode = evaluate(model, test[:pfode_examples], breakdown=False, pfode=True, pfode_samples=pfode_samples,
+                                **common)
     if per_example:
         scores.per_example = _values(scores)
     scores.seconds = time.perf_counter() - start
