@@ -31,6 +31,7 @@ SMOKE = {
     "hlvm compare": [*TRAIN, "--K", "30", "--iwae-examples", "2", "--pfode-examples", "1"],
     "hlvm demo": [*TRAIN, "--K", "30", "--iwae-examples", "2", "--pfode-examples", "1"],
     "hlvm sample": ["--n", "4"],
+    "hlvm evaluate": ["--K", "30", "--examples", "2", "--no-progress"],
     "hlvm render": [],
     "examples/hole_problem.py": ["--steps", "20"],
     "examples/user_hierarchy.py": ["--steps", "2"],

@@ -12,7 +12,7 @@ import sys
 
 __all__ = ["main", "CLIError", "COMMANDS"]
 
-COMMANDS = ("demo", "train", "compare", "sample", "render", "results")
+COMMANDS = ("demo", "train", "compare", "sample", "render", "results", "evaluate")
 
 
 class CLIError(Exception):

@@ -11,7 +11,7 @@ import os
 
 from hlvm.limits import model_label
 
-__all__ = ["register", "run", "load_trained", "output_path", "DEFAULT_NAME"]
+__all__ = ["register", "run", "load_trained", "rebuild", "output_path", "DEFAULT_NAME"]
 
 #: the file written inside a directory given as ``--out``
 DEFAULT_NAME = "samples.png"
@@ -36,17 +36,25 @@ def load_trained(model: str, checkpoint: str, device: str = "cpu"):
     """Rebuild a model from a checkpoint's config — with the options it was trained with
     (``model_kwargs``) — and its weights (EMA weights when present)."""
     from hlvm.training.checkpoints import load_run_checkpoint
-    from hlvm.registry import build_model, load_class
+    from hlvm.registry import load_class
 
     load_class(model)  # a bad name or a broken model file is reported before the checkpoint is read
     ck = load_run_checkpoint(checkpoint, map_location=device)  # a foreign torch file: a clear error
-    cfg = ck["config"]
-    if cfg["model"] != model:
-        raise ValueError(f"checkpoint holds model {cfg['model']!r}, not {model!r}")
-    d = ck["data"]
-    m = build_model(model, d["shape"], d["kind"], T=cfg["T"], layers=cfg["layers"], **cfg.get("model_kwargs", {}))
+    if ck["config"]["model"] != model:
+        raise ValueError(f"checkpoint holds model {ck['config']['model']!r}, not {model!r}")
+    return rebuild(ck, device), ck
+
+
+def rebuild(ck: dict, device: str = "cpu"):
+    """The trained model of a run checkpoint ``ck``: built by its config's model name (registry
+    name or ``file.py:Class``), data shape and kind, ``T``, ``layers`` and ``model_kwargs``, with
+    the EMA weights when the run kept them, else the live ones; on ``device``, in eval mode."""
+    from hlvm.registry import build_model
+
+    cfg, d = ck["config"], ck["data"]
+    m = build_model(cfg["model"], d["shape"], d["kind"], T=cfg["T"], layers=cfg["layers"], **cfg.get("model_kwargs", {}))
     m.load_state_dict(ck["ema"] if ck.get("ema") else ck["model"])
-    return m.to(device).eval(), ck
+    return m.to(device).eval()
 
 
 def output_path(out: str) -> str:

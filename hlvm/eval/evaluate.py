@@ -34,7 +34,7 @@ import warnings
 from contextlib import contextmanager
 
 import torch
-from pyro.infer import Trace_ELBO
+from pyro.infer import Trace_ELBO, TraceMeanField_ELBO
 from torch import nn
 
 from ..data import DataSplit
@@ -53,10 +53,14 @@ __all__ = ["evaluate", "data_chain", "has_data_chain"]
 _CHAIN_KEYS = ("reconstruction", "prior", "diffusion", "loss")
 
 
+_ONE_TRACE = (Trace_ELBO, TraceMeanField_ELBO, DiffusionELBO)
+
+
 def _reads_from_trace(elbo) -> bool:
     """Whether ``elbo``'s loss is the single-draw −ELBO of one guide trace and its replayed model
-    (Trace_ELBO, DiffusionELBO with one particle): then one trace gives loss and breakdown."""
-    return type(elbo) in (Trace_ELBO, DiffusionELBO) and elbo.num_particles == 1 and not elbo.vectorize_particles
+    (Trace_ELBO, TraceMeanField_ELBO — its analytic KLs — and DiffusionELBO, with one particle):
+    then one trace gives the loss per example and its breakdown."""
+    return type(elbo) in _ONE_TRACE and elbo.num_particles == 1 and not elbo.vectorize_particles
 
 
 def _as_tensor_on(model, data, max_examples):
@@ -75,7 +79,7 @@ def evaluate(model, data, elbo=None, batch_size: int = 500, K: int = 0, iwae_bat
              max_examples: int | None = None, *, steps: int | None = None, seed: int | None = None,
              au_threshold: float = 0.01, plate: str = "data", breakdown: bool = True, pfode: bool = False,
              pfode_samples: int = 1, pfode_batch: int = 100, ode_options: dict | None = None,
-             iwae_memory: int | None = None) -> dict:
+             iwae_memory: int | None = None, per_example: bool = False, progress=None) -> dict:
     """Evaluate a hierarchy on test data; returns a JSON-serialisable dict of plain numbers.
 
     Args:
@@ -101,21 +105,27 @@ def evaluate(model, data, elbo=None, batch_size: int = 500, K: int = 0, iwae_bat
             data (:func:`hlvm.diffusion.ode.pf_ode_bound`), ``pfode_samples`` draws of
             z_0 ∼ q(z_0 | x) per example, ``pfode_batch`` examples per solve, ``ode_options`` for
             :func:`~hlvm.diffusion.ode.ode_log_density` (``exact``, ``probes``, ``rtol``, ``atol``).
+        per_example: also return each example's value of every bound computed (see below); needs
+            an estimator whose loss is one draw (Trace_ELBO, TraceMeanField_ELBO, DiffusionELBO
+            with ``num_particles=1``: the default rule's), else ValueError before any work.
+        progress: called as ``progress(stage, done, total)`` after each batch, ``stage`` one of
+            ``"elbo"``, ``"iwae"``, ``"pfode"`` and ``done`` of ``total`` examples finished.
 
     Returns (means over examples; ``nats`` and ``bpd`` are losses: lower is better):
 
     * ``n_examples``, ``dim`` (D), ``estimator`` (class name);
     * ``elbo`` (nats, ≤ log p(x)), ``nats`` = −elbo, ``bpd`` = nats / (D ln 2), and with
       ``breakdown`` ``nats_se``: the standard error of ``nats`` over the examples (the spread of
-      the per-example estimates / √n; for TraceMeanField_ELBO from the one-draw per-site terms,
-      a conservative figure);
+      the per-example estimates / √n; from the draws of ``nats`` for the one-draw estimators,
+      an independent draw's figure for others);
     * with chains collapsed by DiffusionELBO: ``reconstruction``, ``prior``, ``diffusion`` (summed
       over chains), ``chains`` {name: {those and ``loss``}} and ``rest`` = nats − Σ chain losses
       (the part of −ELBO outside chains; 0 for a VDM), from the same draws as ``nats``; with an
       exact DiffusionELBO also ``diffusion_mc_se``, the Monte Carlo standard error of the mean
       diffusion term (what differs between seeds; ``nats_se`` also holds the spread of the data);
     * otherwise: ``reconstruction`` (−E log p(x | ·)), ``kl`` {site: E_q[log q − log p]},
-      ``kl_total``, ``factor`` — from the draws of ``nats`` for Trace_ELBO, an independent
+      ``kl_total``, ``factor`` — from the draws of ``nats`` for Trace_ELBO and TraceMeanField_ELBO
+      (its KLs in closed form where torch has one, as it computes them), an independent
       one-sample estimate of the same −ELBO for other estimators
       (``reconstruction + kl_total + factor`` ≈ ``nats``);
     * ``active_units`` {site: count} and ``active_units_total`` (guide sites with Normal fns);
@@ -129,6 +139,11 @@ def evaluate(model, data, elbo=None, batch_size: int = 500, K: int = 0, iwae_bat
       ``pfode_se`` (over examples), ``pfode_mc_se`` (of the Monte Carlo average over draws and
       probes; NaN with ``pfode_samples=1``), ``pfode_nfe`` (mean drift evaluations per solve), ``pfode_seconds`` and
       ``pfode_samples``.
+    * with ``per_example``: ``per_example`` {``elbo``, ``iwae``, ``pfode``: a CPU float64 tensor
+      (n,)} — for each bound computed, its value on each example in the input order (the ELBO
+      from the very draws of ``elbo``, the IWAE bound log (1/K) Σ_k w_k of Burda et al. 2016,
+      eq. 8, the PF-ODE bound averaged over its draws), whose mean *is* the reported mean.
+      (Not JSON: the one key that holds tensors.)
 
     Runs under :func:`torch.no_grad` with ``model.eval()`` (training mode restored).
     """
@@ -137,20 +152,35 @@ def evaluate(model, data, elbo=None, batch_size: int = 500, K: int = 0, iwae_bat
         check_memory(iwae_memory, x.device)  # before any work
     if elbo is None:
         elbo = default_estimator(model, x)  # the estimator training uses: one rule (hlvm.estimators)
+    if per_example and not _reads_from_trace(elbo):
+        raise ValueError(f"per-example values need a one-draw ELBO estimator ({', '.join(c.__name__ for c in _ONE_TRACE)} "
+                         f"with num_particles=1), got {type(elbo).__name__}")
+    report = progress or _silent
     with _seeded(seed, x.device), _eval_mode(model), torch.no_grad():
-        out = _bound_loop(model, x, elbo, batch_size, plate, breakdown)
+        out = _bound_loop(model, x, elbo, batch_size, plate, breakdown, report)
         if breakdown:
             out["active_units"] = out.pop("_active").counts(au_threshold)
             out["active_units_total"] = int(sum(out["active_units"].values()))
         if K:
-            out.update(_iwae_loop(model, x, K, iwae_batch, steps, plate, iwae_memory))
+            out.update(_iwae_loop(model, x, K, iwae_batch, steps, plate, iwae_memory, report))
         if pfode:
-            out.update(_pfode_loop(model, x, pfode_samples, pfode_batch, ode_options or {}))
+            out.update(_pfode_loop(model, x, pfode_samples, pfode_batch, ode_options or {}, report))
+    values = {k: out.pop(f"_{k}") for k in _PER_EXAMPLE if f"_{k}" in out}
     out = _with_units(out, x, elbo)
     check_possible(out, model, x)
     if K:
         _warn_heavy_tails(out, K)
+    if per_example:
+        out["per_example"] = values
     return out
+
+
+def _silent(stage: str, done: int, total: int) -> None:
+    """The progress callback that reports nothing."""
+
+
+#: the bounds whose per-example values :func:`evaluate` returns (key ``_<name>`` inside the loops)
+_PER_EXAMPLE = ("elbo", "iwae", "pfode")
 
 
 @contextmanager
@@ -199,7 +229,7 @@ def _warn_heavy_tails(out, K) -> None:
             f"and the IWAE bound with K={K} is unreliable (Vehtari et al. 2024)", ParetoKWarning, stacklevel=3)
 
 
-def _bound_loop(model, x, elbo, batch_size, plate, breakdown) -> dict:
+def _bound_loop(model, x, elbo, batch_size, plate, breakdown, report) -> dict:
     """Σ over batches of −ELBO and, with ``breakdown``, of its terms; means over examples.
 
     When the estimator's loss is the −ELBO of one guide trace (:func:`_reads_from_trace`), the
@@ -208,19 +238,24 @@ def _bound_loop(model, x, elbo, batch_size, plate, breakdown) -> dict:
     """
     from_trace = _reads_from_trace(elbo)
     context = elbo if isinstance(elbo, DiffusionELBO) else None
-    total, sums = 0.0, _TermSums(plate)
+    analytic = type(elbo) is TraceMeanField_ELBO
+    total, losses, sums = 0.0, [], _TermSums(plate)
     for i in range(0, x.shape[0], batch_size):
         xb = x[i:i + batch_size]
         if not from_trace:
             total += float(elbo.loss(model.model, model.guide, xb))
-        if not (breakdown or from_trace):
-            continue
-        terms = per_site_terms(model, None, xb, plate=plate, context=context)
-        if from_trace:
-            total += float(terms["total"].sum())
-        if breakdown:
-            sums.add(terms, xb.shape[0])
-    out: dict = {"nats": total / x.shape[0]}
+        if breakdown or from_trace:
+            terms = per_site_terms(model, None, xb, plate=plate, context=context, analytic_kl=analytic)
+            if from_trace:
+                losses.append(terms["total"].detach().double().cpu())
+            if breakdown:
+                sums.add(terms, xb.shape[0])
+        report("elbo", i + xb.shape[0], x.shape[0])
+    if from_trace:  # the mean of the per-example values: the same number with per_example or without
+        losses = torch.cat(losses)
+        out: dict = {"nats": float(losses.mean()), "_elbo": -losses}
+    else:
+        out = {"nats": total / x.shape[0]}
     if breakdown:
         out.update(sums.means(x.shape[0], out["nats"]))
     return out
@@ -273,16 +308,17 @@ class _TermSums:
         return {"reconstruction": self.recon / n, "kl": kl, "kl_total": sum(kl.values()), "factor": self.factor / n}
 
 
-def _iwae_loop(model, x, K, iwae_batch, steps, plate, memory) -> dict:
+def _iwae_loop(model, x, K, iwae_batch, steps, plate, memory, report) -> dict:
     bounds, khats = [], []
     for i in range(0, x.shape[0], iwae_batch):
         lw = per_example_log_weights(model, None, x[i:i + iwae_batch], K, steps=steps, plate=plate, memory=memory)  # (K, b)
         bounds.append(torch.logsumexp(lw, 0) - math.log(K))
         if K >= MIN_KHAT_SAMPLES:
             khats.append(pareto_khat(lw))
+        report("iwae", i + lw.shape[1], x.shape[0])
     bounds = torch.cat(bounds).double().cpu()
     iwae = float(bounds.mean())
-    out = {"K": int(K), "iwae": iwae, "iwae_nats": -iwae, "iwae_se": _se(bounds)}
+    out = {"K": int(K), "iwae": iwae, "iwae_nats": -iwae, "iwae_se": _se(bounds), "_iwae": bounds}
     if khats:
         out.update(khat_summary(torch.cat(khats)))
     return out
@@ -313,7 +349,7 @@ def has_data_chain(model) -> bool:
         return False
 
 
-def _pfode_loop(model, x, samples, batch, ode_options) -> dict:
+def _pfode_loop(model, x, samples, batch, ode_options, report) -> dict:
     chain = data_chain(model)
     bounds, mc_var, nfe, seconds, solves = [], 0.0, 0.0, 0.0, 0
     for i in range(0, x.shape[0], batch):
@@ -321,7 +357,8 @@ def _pfode_loop(model, x, samples, batch, ode_options) -> dict:
         bounds.append(r["bound"].detach().double().cpu())
         mc_var += float(r["se"].double().pow(2).sum())
         nfe, seconds, solves = nfe + r["nfe"], seconds + r["seconds"], solves + 1
+        report("pfode", i + bounds[-1].numel(), x.shape[0])
     bounds = torch.cat(bounds)
     mean = float(bounds.mean())
     return {"pfode": mean, "pfode_nats": -mean, "pfode_se": _se(bounds), "pfode_mc_se": math.sqrt(mc_var) / bounds.numel(),
-            "pfode_nfe": nfe / solves, "pfode_seconds": seconds, "pfode_samples": int(samples)}
+            "pfode_nfe": nfe / solves, "pfode_seconds": seconds, "pfode_samples": int(samples), "_pfode": bounds}

@@ -46,18 +46,22 @@ def own_bounds(model) -> dict:
 @dataclass
 class Scores:
     """What :func:`score` found: each field the dict :func:`~hlvm.eval.evaluate` returned (empty
-    when that bound was not computed), the k̂ warnings of the IWAE evaluation, and the wall time."""
+    when that bound was not computed), the k̂ warnings of the IWAE evaluation, the wall time and,
+    when asked for, ``per_example`` {bound: CPU float64 tensor of each example's value} for the
+    bounds computed (``elbo``, ``iwae``, ``pfode``; each aligned with the examples it covers and
+    averaging to its field's mean)."""
 
     evaluation: dict
     iwae: dict = field(default_factory=dict)
     pfode: dict = field(default_factory=dict)
     khat_warnings: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    per_example: dict = field(default_factory=dict)
 
 
 def score(model, test: torch.Tensor, elbo=None, *, seed: int = 0, eval_examples: int | None = None, K: int = 0,
           iwae_examples: int | None = None, iwae_batch: int = 100, pfode_examples: int | None = None,
-          pfode_samples: int = 1) -> Scores:
+          pfode_samples: int = 1, per_example: bool = False, progress=None) -> Scores:
     """The ELBO, and the IWAE and PF-ODE bounds that belong to ``model`` (:func:`own_bounds`), on the
     first examples of ``test``.
 
@@ -70,23 +74,38 @@ def score(model, test: torch.Tensor, elbo=None, *, seed: int = 0, eval_examples:
         per call.
     :param pfode_examples: examples for the PF-ODE bound (None: all; 0: none), ``pfode_samples``
         draws of z_0 each.
+    :param per_example: also each example's value of each bound (``Scores.per_example``; see
+        :func:`~hlvm.eval.evaluate`'s ``per_example``).
+    :param progress: ``progress(stage, done, total)`` after each batch of each evaluation
+        (:func:`~hlvm.eval.evaluate`'s ``progress``).
 
     :class:`~hlvm.ParetoKWarning` of the IWAE evaluation is not emitted but returned in
     ``khat_warnings``; other warnings pass.
     """
     own, start = own_bounds(model), time.perf_counter()
-    scores = Scores(evaluate(model, test[:eval_examples], elbo=elbo, seed=seed))
+    common = dict(elbo=elbo, seed=seed, per_example=per_example, progress=progress)
+    scores = Scores(evaluate(model, test[:eval_examples], **common))
     if K and iwae_examples != 0 and own["iwae"]:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", ParetoKWarning)
-            scores.iwae = evaluate(model, test[:iwae_examples], elbo=elbo, K=K, seed=seed, breakdown=False,
-                                   iwae_batch=iwae_batch)
+            scores.iwae = evaluate(model, test[:iwae_examples], K=K, breakdown=False, iwae_batch=iwae_batch,
+                                   **common)
         scores.khat_warnings = _pass_others(caught, ParetoKWarning)
     if pfode_examples != 0 and own["pfode"]:
-        scores.pfode = evaluate(model, test[:pfode_examples], elbo=elbo, seed=seed, breakdown=False, pfode=True,
-                                pfode_samples=pfode_samples)
+        scores.pfode = evaluate(model, test[:pfode_examples], breakdown=False, pfode=True, pfode_samples=pfode_samples,
+                                **common)
+    if per_example:
+        scores.per_example = _values(scores)
     scores.seconds = time.perf_counter() - start
     return scores
+
+
+def _values(scores: Scores) -> dict:
+    """Each bound's per-example values, taken out of the evaluations (which stay plain numbers):
+    the ELBO of the ELBO evaluation, the IWAE and PF-ODE bounds of theirs."""
+    parts = (("elbo", scores.evaluation), ("iwae", scores.iwae), ("pfode", scores.pfode))
+    found = {name: ev.pop("per_example", {}) for name, ev in parts}
+    return {name: found[name][name] for name in found if name in found[name]}
 
 
 def _pass_others(caught, category) -> list[str]:

@@ -26,6 +26,7 @@ from pyro import poutine
 from pyro.distributions.util import scale_and_mask
 from pyro.poutine.util import site_is_subsample
 from torch import nn
+from torch.distributions import kl_divergence
 
 from ..programs.chain import StockChains, chains_of, override_steps
 from .chunking import check_memory, rows_per_pass, trace_bytes
@@ -109,13 +110,15 @@ def traces(model_fn, guide_fn, x, *, context=None):
 
 
 # --------------------------------------------------------------------------- per-site terms
-def per_site_terms(model, guide=None, x=None, *, plate: str = "data", context=None) -> dict:
+def per_site_terms(model, guide=None, x=None, *, plate: str = "data", context=None, analytic_kl: bool = False) -> dict:
     """Per-example terms of one Monte Carlo sample of −ELBO, site by site.
 
     With z ∼ q(· | x) drawn once by the guide and the model replayed on it:
 
     * ``kl[name]`` = log q(z_l | ·) − log p(z_l | ·) for each latent in both programs (its mean over
-      z is the KL term of that layer, E_q[log q(z_l|·) − log p(z_l|·)]);
+      z is the KL term of that layer, E_q[log q(z_l|·) − log p(z_l|·)]); with ``analytic_kl`` the
+      closed form KL(q(z_l | ·) ‖ p(z_l | ·)) given the drawn parents wherever torch registers one
+      (else the draw), as :class:`pyro.infer.TraceMeanField_ELBO` computes it;
     * ``reconstruction`` = −Σ log p(y | ·) over observed, non-factor model sites;
     * ``factor`` = −Σ model ``pyro.factor`` terms + Σ guide ``pyro.factor`` terms;
     * ``total`` = reconstruction + Σ_l kl[l] + factor, the single-sample −ELBO that
@@ -130,6 +133,7 @@ def per_site_terms(model, guide=None, x=None, *, plate: str = "data", context=No
         x: data, batch first.
         plate: the name of the per-example plate.
         context: a DiffusionELBO to collapse diffusion chains with (anything else: the stock program).
+        analytic_kl: closed-form KLs where available (the terms of ``TraceMeanField_ELBO``).
     """
     model_fn, guide_fn, _ = programs_of(model, guide)
     b = x.shape[0]
@@ -152,10 +156,23 @@ def per_site_terms(model, guide=None, x=None, *, plate: str = "data", context=No
         elif site["is_observed"]:
             recon = recon - _site_log_prob(site, plate, b)
         elif name in kl:
-            kl[name] = kl[name] - _site_log_prob(site, plate, b)
+            kl[name] = _site_kl(guide_trace.nodes[name], site, kl[name], plate, b, analytic_kl)
     total = recon + factor + sum(kl.values(), zero)
     return {"kl": kl, "reconstruction": recon, "factor": factor, "total": total, "guide_trace": guide_trace,
             "model_trace": model_trace}
+
+
+def _site_kl(q_site, p_site, log_q, plate: str, b: int, analytic: bool) -> torch.Tensor:
+    """One latent's KL term per example: KL(q ‖ p) in closed form when ``analytic`` and torch has
+    one for the pair, else the one-draw log q − log p (``log_q`` already per example)."""
+    if analytic:
+        try:
+            kl = kl_divergence(q_site["fn"], p_site["fn"])
+        except NotImplementedError:
+            pass
+        else:
+            return _per_example(scale_and_mask(kl, 1.0, q_site["mask"]), q_site, plate, b)
+    return log_q - _site_log_prob(p_site, plate, b)
 
 
 # --------------------------------------------------------------------------- importance weights
