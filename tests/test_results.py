@@ -3,6 +3,9 @@ resume; the page's k̂ notes and published anchors."""
 
 import json
 
+import numpy as np
+import pytest
+
 from hlvm.reports.results import ROWS, khat_note, run_results, write_page
 
 
@@ -25,6 +28,7 @@ def test_results_pipeline_smoke_and_resume(tmp_path):
     page = (tmp_path / "docs" / "results-smoke.md").read_text()
     assert "| vae |" in page and "Published anchors" in page
     _check_search(tmp_path, rows, page)
+    _check_paired(tmp_path, rows, saved, page)
     assert 0 <= rows["vae"]["khat_frac_gt_0.7"] <= 1 and rows["vdm"]["khat_frac_gt_0.7"] is None
     # resumable: a second run finds every row done
     logs.clear()
@@ -39,6 +43,30 @@ def test_results_pipeline_smoke_and_resume(tmp_path):
         ["== search vae/latent-20", "== search vae/latent-32"] + [f"== {name}" for name, *_ in ROWS[1:]]
     vae = next(r for r in again["rows"] if r["row"] == "vae")
     assert vae["search"] == rows["vae"]["search"] and vae["test_elbo_nats"] == rows["vae"]["test_elbo_nats"]
+
+
+def _check_paired(tmp_path, rows, saved, page):
+    """Per-image bounds beside the JSON, and every pair of rows with its paired difference: Δ is
+    the difference of the two rows' reported means (same images), its SE that of the per-image
+    differences, recomputed here with numpy from the saved values."""
+    values = {}
+    for name, r in rows.items():
+        with np.load(tmp_path / "docs" / r["per_image"]) as f:
+            values[name] = {k: f[k].astype(np.float64) for k in f.files}
+        assert len(values[name]["elbo"]) == r["n_test_elbo"]
+        assert values[name]["elbo"].mean() == pytest.approx(r["test_elbo_nats"], abs=1e-3)  # float32 files
+    assert set(values["vae"]) == {"elbo", "iwae"} and set(values["vdm"]) == {"elbo", "pfode"}
+    elbo = [e for e in saved["paired"] if e["bound"] == "elbo"]
+    assert len(elbo) == len(rows) * (len(rows) - 1) // 2
+    for e in elbo:
+        d = values[e["a"]]["elbo"] - values[e["b"]]["elbo"]
+        assert e["delta"] >= 0 and e["delta"] == pytest.approx(rows[e["a"]]["test_elbo_nats"] - rows[e["b"]]["test_elbo_nats"], abs=1e-3)
+        assert e["se"] == pytest.approx(d.std(ddof=1) / np.sqrt(len(d)), rel=1e-9)
+        assert e["share_a_gt_b"] == pytest.approx((d > 0).mean())
+    tight = next(e for e in saved["paired"] if e["bound"] == "tightest" and {e["a"], e["b"]} == {"vae", "vdm"})
+    assert tight["bounds"] == {"vae": "iwae", "vdm": "pfode"} and tight["n"] == min(rows["vae"]["n_test_iwae"],
+                                                                                      rows["vdm"]["n_test_pfode"])
+    assert "## Paired differences" in page and f"| {elbo[0]['a']} | {elbo[0]['b']} | elbo | {elbo[0]['delta']:.2f} |" in page
 
 
 def _check_search(tmp_path, rows, page):

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ..eval.scores import score
+from .per_image import load_row_values, paired_entries, paired_lines, save_row_values
 from .search import final_options, run_search, score_config, search_lines, space_of
 
 __all__ = ["Profile", "PROFILES", "ROWS", "ANCHORS", "CONFIG_FIELDS", "run_results", "train_config", "write_page", "khat_note"]
@@ -142,7 +143,7 @@ def run_results(profile: str = "cpu", out: str = "docs", runs: str = "runs/resul
     data = load_dataset(p.data)
     stem = os.path.join(out, f"results{'' if profile == 'cpu' else '-' + profile}")
     job = _Job(profile, p, data, device or p.device, threads or p.threads, out, runs, log, validation_split(data),
-               stem + "-search.json")
+               stem + "-search.json", stem)
     torch.set_num_threads(job.threads)
     os.makedirs(out, exist_ok=True)
     done = json.load(open(stem + ".json")) if os.path.exists(stem + ".json") else {"rows": []}
@@ -154,6 +155,9 @@ def run_results(profile: str = "cpu", out: str = "docs", runs: str = "runs/resul
         entry = _run_row(job, *row)
         done["rows"] = [r for r in done["rows"] if not (r.get("row") == row[0] and r.get("profile") == profile)] + [entry]
         _save_json(stem + ".json", done)
+    mine = [r["row"] for r in done["rows"] if r.get("profile") == profile]
+    done["paired"] = paired_entries(load_row_values(stem, mine))  # every pair of rows, on the same images
+    _save_json(stem + ".json", done)
     write_page(done, profile, stem + ".md")
     return done
 
@@ -172,6 +176,7 @@ class _Job:
     log: object
     valid: object  # the validation split (hlvm.data.validation_split) the searches train and score on
     search_path: str  # the searches' JSON, written as each configuration finishes
+    stem: str  # out/results[-profile]: the JSON, the page and the per-image values share it
 
 
 def _run_row(job: _Job, row: str, model: str, options: dict, trainer_options: dict) -> dict:
@@ -212,7 +217,8 @@ def _scored_row(job: _Job, row: str, model: str, trainer, cfg, result: dict, tra
     m, x = trainer.model, job.data.test.to(trainer.device, trainer.dtype)
     K, n_iw = _iwae_budget(job.p, m, x.shape[0])
     s = score(m, x, trainer.bound_estimator, seed=0, eval_examples=job.p.eval_examples, K=K, iwae_examples=n_iw,
-              iwae_batch=max(1, 20000 // K), pfode_examples=job.p.pfode_examples or None)  # k̂ warnings: k̂ is in the row
+              iwae_batch=max(1, 20000 // K), pfode_examples=job.p.pfode_examples or None,
+              per_example=True)  # k̂ warnings: k̂ is in the row
     ev, iw, pf = s.evaluation, s.iwae, s.pfode
     entry = {
         "row": row, "model": model, "options": {"model": _recorded(cfg), "trainer": trainer_options},
@@ -231,6 +237,7 @@ def _scored_row(job: _Job, row: str, model: str, trainer, cfg, result: dict, tra
         "skipped_updates": trainer.optim.skipped,
     }
     entry["figures"] = _row_figures(job, row, trainer)
+    entry["per_image"] = os.path.relpath(save_row_values(job.stem, row, s.per_example), job.out)
     job.log(f"   {row}: ELBO {ev['elbo']:.2f} ± {ev['nats_se']:.2f} nats"
             + (f", IWAE(K={K}) {iw['iwae']:.2f}" if iw else "") + (f", PF-ODE {pf['pfode']:.2f}" if pf else "")
             + f" ({train_seconds:.0f} s training, {s.seconds:.0f} s evaluation)")
@@ -340,6 +347,7 @@ def write_page(results: dict, profile: str, path: str) -> None:
              "|" + "---|" * 13]
     lines += [_table_line(r) for r in rows]
     lines += _reading_lines() + _khat_lines(rows)
+    lines += paired_lines(results.get("paired", []))
     lines += search_lines(searches)
     lines += _anchor_lines()
     lines += [""] + [f"![{r['row']}]({fig})" for r in rows for fig in r.get("figures", [])]
