@@ -24,11 +24,16 @@ from dataclasses import dataclass, field
 
 import torch
 
+from ..estimators import default_estimator
 from ..programs.chain import chains_of
+from ..programs.elbo import DiffusionELBO
 from .evaluate import evaluate, has_data_chain
 from .psis import ParetoKWarning
 
-__all__ = ["Scores", "own_bounds", "score"]
+__all__ = ["Scores", "own_bounds", "score", "scoring_elbo", "ELBO_NODES"]
+
+#: stratified nodes per example of a continuous-time chain's diffusion term in the ELBO column
+ELBO_NODES = 32
 
 
 def own_bounds(model) -> dict:
@@ -41,6 +46,19 @@ def own_bounds(model) -> dict:
     """
     continuous = any(c.T is None for c in chains_of(model))
     return {"iwae": not continuous, "pfode": continuous and has_data_chain(model)}
+
+
+def scoring_elbo(model, elbo):
+    """The estimator of the ELBO column: ``elbo`` itself, except a one-draw :class:`DiffusionELBO`
+    on a model with a continuous-time chain, which is scored as the same ELBO with
+    :data:`ELBO_NODES` stratified nodes in γ per example (VDM eq. 17 integrated over γ; random
+    per-example offsets keep it unbiased).  One (t, ε) draw per image leaves Monte Carlo noise far
+    above the spread between images — measured on ``hlvm demo``'s VDM (1,000 images): SE 6.70
+    nats with one draw, 0.98 with 32 nodes, 6 s of one core."""
+    continuous = any(c.T is None for c in chains_of(model))
+    if isinstance(elbo, DiffusionELBO) and continuous and not elbo.exact and elbo.is_elbo:
+        return DiffusionELBO(exact=True, eval_nodes=ELBO_NODES, max_batch=elbo.max_batch)
+    return elbo
 
 
 @dataclass
@@ -66,7 +84,7 @@ def score(model, test: torch.Tensor, elbo=None, *, seed: int = 0, eval_examples:
     first examples of ``test``.
 
     :param elbo: the ELBO estimator (a trained model's: the one it trained with; default
-        :func:`hlvm.estimators.default_estimator`).
+        :func:`hlvm.estimators.default_estimator`); the ELBO column uses :func:`scoring_elbo` of it.
     :param seed: every evaluation draws its randomness from this seed.
     :param eval_examples: examples for the ELBO and its breakdown (None: all).
     :param K: importance samples of the IWAE bound (0: none).
@@ -83,8 +101,9 @@ def score(model, test: torch.Tensor, elbo=None, *, seed: int = 0, eval_examples:
     ``khat_warnings``; other warnings pass.
     """
     own, start = own_bounds(model), time.perf_counter()
+    elbo = default_estimator(model, test[:2]) if elbo is None else elbo
     common = dict(elbo=elbo, seed=seed, per_example=per_example, progress=progress)
-    scores = Scores(evaluate(model, test[:eval_examples], **common))
+    scores = Scores(evaluate(model, test[:eval_examples], **{**common, "elbo": scoring_elbo(model, elbo)}))
     if K and iwae_examples != 0 and own["iwae"]:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", ParetoKWarning)
