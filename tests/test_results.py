@@ -134,3 +134,14 @@ def test_page_lists_each_anchor_with_its_bound_and_protocol_and_the_khat_share(t
     assert "| vae | -99.00 ± 0.26 | 0.1800 | -90.00 ± 0.80 (5000, 1000) | – | 2.50 | 42% | 20 |" in text
     assert "* vae: k̂ > 0.7 on 42% of 1,000 images: the IWAE figure -90.00 is a conservative" in text
     assert "still a lower bound on log p(x) in expectation (Burda et al. 2016)" in text and "Validation search" not in text
+
+
+def test_cpu_profile_scores_the_whole_test_set_by_the_published_protocol():
+    """IWAE with K = 5,000 (Burda et al. 2016) and the PF-ODE bound on every test image, the ELBO too."""
+    from hlvm.reports.results import PROFILES, _iwae_budget
+    from models import VAE
+
+    p = PROFILES["cpu"]
+    assert p.data == "mnist" and p.K == 5000
+    assert p.iwae_examples is None and p.pfode_examples is None and p.eval_examples is None
+    assert _iwae_budget(p, VAE((1, 28, 28)), 10_000) == (5000, 10_000)
