@@ -24,7 +24,7 @@ import os
 
 import numpy as np
 
-from ..eval.paired import paired_difference
+from ..eval.paired import paired_table
 
 __all__ = ["TIGHTEST", "save_row_values", "load_row_values", "paired_entries", "paired_lines"]
 
@@ -63,13 +63,10 @@ def _tightest(values: dict) -> str:
 
 
 def _entry(a: str, va: np.ndarray, b: str, vb: np.ndarray, bound: str) -> dict:
-    """One pair on the images both rows were scored on, A the row ahead."""
+    """One pair on the images both rows were scored on (a shared prefix), A the row ahead."""
     n = min(len(va), len(vb))
-    va, vb = va[:n], vb[:n]
-    if vb.mean() > va.mean():
-        a, va, b, vb = b, vb, a, va
-    diff = paired_difference(va, vb, names=(f"row {a!r}", f"row {b!r}"))
-    return {"a": a, "b": b, "bound": bound, **diff}
+    (entry,) = paired_table({a: va[:n], b: vb[:n]}, bound)
+    return entry
 
 
 def paired_entries(values: dict) -> list[dict]:
