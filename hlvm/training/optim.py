@@ -115,12 +115,12 @@ class SingleOptim(PyroOptim):
         new = [p for p in params if p not in self._members]
         if new:
             self._add(new)
-        wanted = set(params)
-        # in the optimizer's own (param-store name) order, not the caller's: SVI hands a set, whose
-        # order follows memory addresses, and the norm's float sum must not (exact resume)
-        grads = [p for group in self.optim.param_groups for p in group["params"] if p in wanted and p.grad is not None]
         norm = None
         if self.skip_norm is not None or self.clip_norm is not None:
+            wanted = set(params)
+            # in the optimizer's own (param-store name) order, not the caller's: SVI hands a set, whose
+            # order follows memory addresses, and the norm's float sum must not (exact resume)
+            grads = [p for group in self.optim.param_groups for p in group["params"] if p in wanted and p.grad is not None]
             norm = float(torch.nn.utils.clip_grad_norm_(grads, self.clip_norm if self.clip_norm is not None else float("inf")))
             if self.skip_norm is not None and not norm <= self.skip_norm:  # VDVAE's update skipping (also NaN)
                 self.skipped += 1
