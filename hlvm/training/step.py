@@ -108,16 +108,13 @@ class ShardedLoss:
         first = self.processes.rank * self.grad_shards
         return [(first + k, parts[first + k]) for k in range(self.grad_shards)]
 
-    def _shard(self, model, guide, index: int, xs, step: int, beta: float | None):
-        """(loss as float64, parameters given gradients by a replay) of one shard; ``beta`` None:
-        no gradient."""
+    def _shard(self, model, guide, index: int, xs, step: int, beta: float):
+        """(loss as float64, parameters given gradients by a replay) of one shard at KL weight ``beta``."""
         devices = [self.processes.device] if self.processes.device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices):
             torch.manual_seed(shard_seed(self.seed, step, index))
-            scaled = ScaleLatents(beta) if beta is not None and beta < 1.0 else nullcontext()
+            scaled = ScaleLatents(beta) if beta < 1.0 else nullcontext()
             with scaled, torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=self.amp):
-                if beta is None:
-                    return torch.tensor(self.estimator.loss(model, guide, xs), dtype=torch.float64), ()
                 if self.recorded is not None and beta == 1.0 and not self.amp:
                     loss, params, grads = self.recorded(xs)
                     for p, g in zip(params, grads):  # accumulate over shards, as backward() would
@@ -126,10 +123,6 @@ class ShardedLoss:
                 loss = self.estimator.differentiable_loss(model, guide, xs)
                 loss.backward()
                 return loss.detach().double(), ()
-
-    def loss(self, model, guide, x: torch.Tensor, step: int) -> float:
-        """The ELBO's loss (β = 1) of the global batch at step ``step``'s streams, without gradients."""
-        return float(sum(self._shard(model, guide, i, xs, step, None)[0] for i, xs in self.shards(x)))
 
     def loss_and_grads(self, model, guide, x: torch.Tensor, step: int, beta: float) -> Gradients:
         """The loss at KL weight ``beta`` and its gradients (accumulated into ``.grad``); raises
@@ -189,8 +182,3 @@ class SVIStep:
         zero_grads(params)
         norm = grads.norm if update.grad_norm is None else update.grad_norm
         return StepRecord(done + 1, grads.loss / x.shape[0], norm, beta, update.skipped, self.optim.lr)
-
-    @torch.no_grad()
-    def evaluate_loss(self, x: torch.Tensor) -> float:
-        """The ELBO's loss (summed, nats) of the global batch at the next step's streams; no update."""
-        return self.objective.loss(self.model, self.guide, x, self.clock())

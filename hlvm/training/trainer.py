@@ -355,7 +355,7 @@ class Trainer:
         return record
 
     def _unvalidated_loss(self, x: torch.Tensor) -> float:
-        """The batch's loss at this step's streams with Pyro's and torch's argument validation off:
+        """The batch's loss, computed as the step computes it (gradients on), with Pyro's and torch's argument validation off:
         NaN or infinite when validation stopped the step on non-finite numbers (a divergence);
         finite (0 when it fails without validation too) when it stopped on a model error, such as
         an observed value outside its distribution's support."""
