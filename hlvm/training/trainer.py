@@ -355,8 +355,8 @@ class Trainer:
         return record
 
     def _unvalidated_loss(self, x: torch.Tensor) -> float:
-        """The batch's loss, computed as the step computes it (gradients on), with Pyro's and torch's argument validation off:
-        NaN or infinite when validation stopped the step on non-finite numbers (a divergence);
+        """The batch's loss, computed as the step computes it (gradients on), with Pyro's and
+        torch's argument validation off: NaN or infinite when validation stopped the step on non-finite numbers (a divergence);
         finite (0 when it fails without validation too) when it stopped on a model error, such as
         an observed value outside its distribution's support."""
         try:  # as the step computes it (gradients on, training mode), without the update
