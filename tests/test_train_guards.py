@@ -16,6 +16,8 @@ from hlvm.training.checks import clean_stale_tmp
 from hlvm.training import (WARMUP_STEPS, EvaluationFailed, TrainConfig, Trainer, TrainingDiverged, load_checkpoint,
                         load_run_checkpoint)
 
+from hlvm.training.monitor import read_metrics
+
 from conftest import small_vae_config
 
 pytestmark = pytest.mark.usefixtures("one_intra_op_thread")
@@ -349,5 +351,9 @@ def test_throughput_leaves_out_warm_up(tmp_path, digits):
     t = Trainer(_cfg(tmp_path, steps=WARMUP_STEPS + 4), digits)
     r = t.fit()
     assert r["timed_steps"] == 4 and 0 < r["seconds_per_epoch"]
-    # the warm-up steps and the evaluation are not in it: less than the whole fit's time per step
-    assert r["seconds_per_epoch"] / t.steps_per_epoch < r["seconds"] / (WARMUP_STEPS + 4)
+    # exactly the mean of the steps after the warm-up, as each step's record timed it (no evaluation,
+    # no checkpoint in it) — an identity on the recorded times, not a race between two clocks
+    steps = [m["step_seconds"] for m in read_metrics(str(tmp_path)) if m["kind"] == "train"]
+    assert len(steps) == WARMUP_STEPS + 4
+    assert r["seconds_per_epoch"] == pytest.approx(sum(steps[WARMUP_STEPS:]) / 4 * t.steps_per_epoch, rel=1e-12)
+    assert sum(steps) < r["seconds"]  # the fit also evaluated and wrote a checkpoint
