@@ -12,6 +12,7 @@ from torch import nn
 
 from hlvm.training.compile import RecordedLoss, compile_step
 from hlvm.estimators import default_estimator
+from hlvm.training.free_bits import FreeBitsELBO
 from models import VAE, VDM, BottomUpHVAE, TopDownHVAE
 
 from conftest import tensor
@@ -34,6 +35,16 @@ CASES = {  # each with the estimator hlvm picks from its DAG
     "vdm": lambda: VDM(SHAPE, width=16, depth=1),
     "vdm-T8": lambda: VDM(SHAPE, T=8, width=16, depth=1),
     "contract": lambda: TwoLevelGaussianHVAE(SHAPE),
+    # the searched configurations of make results: a learned schedule (its inverse CDF indexes by a
+    # 0-d tensor) trained on the variance objective, and free bits (a per-site penalty)
+    "vdm-learned-density": lambda: VDM(SHAPE, width=16, depth=1, schedule="learned-density"),
+    "hvae-td-free-bits": lambda: TopDownHVAE(SHAPE, hidden=16, merge="residual"),
+}
+
+#: cases trained under another estimator than the default one (as the Trainer builds it)
+ESTIMATORS = {
+    "vdm-learned-density": lambda m: default_estimator(m, schedule_objective="variance"),
+    "hvae-td-free-bits": lambda m: FreeBitsELBO(0.5),
 }
 
 
@@ -47,7 +58,8 @@ def test_recorded_loss_and_gradients_equal_pyros(name):
     model = CASES[name]()
     x = _binary(5)
     seen, log = _notices()
-    rec = RecordedLoss(model.model, model.guide, default_estimator(model), check_every=10**6, log=log)
+    estimator = ESTIMATORS.get(name, default_estimator)(model)
+    rec = RecordedLoss(model.model, model.guide, estimator, check_every=10**6, log=log)
     rec(x)  # records (and is Pyro's step)
     pyro.set_rng_seed(7)
     rec(x)  # the first replay is checked against Pyro: still Pyro's numbers

@@ -81,6 +81,9 @@ class Profile:
     pfode_examples: int | None = None
     device: str = "cpu"
     threads: int = 2
+    #: train with the recorded step (``--compile``, :mod:`hlvm.training.compile`) wherever it holds;
+    #: it checks itself against Pyro's step and falls back with a notice where it does not
+    compile: bool = True
     model_options: dict = field(default_factory=dict)
     #: the validation search (:mod:`hlvm.reports.search`): its budget per configuration (epochs, or
     #: steps), the rows searched (None: every row with a space), the first configurations of each
@@ -101,8 +104,11 @@ class Profile:
 
 PROFILES = {
     # the published protocol on the whole test set (Burda et al. 2016: IWAE K = 5,000 on all 10,000
-    # images; the PF-ODE bound on all of them too); epochs: to be set from the measured 3-hour budget
-    "cpu": Profile("cpu", epochs=20, K=5000, iwae_examples=None, pfode_examples=None, threads=2),
+    # images; the PF-ODE bound on all of them too).  Epochs from the 3-hour budget on 2 cores, measured
+    # on the 20-epoch page (41 s per epoch for all five rows, 55 min of evaluation at this protocol)
+    # and allowing for winners up to twice the default networks' cost: search ≈ 35 min, evaluation
+    # ≈ 60–80 min, leaving ≈ 70 min of training.
+    "cpu": Profile("cpu", epochs=50, K=5000, iwae_examples=None, pfode_examples=None, threads=2),
     "gpu": Profile("gpu", epochs=200, K=5000, device="cuda", threads=4, iwae_examples_chain=1000, K_chain=50,
                    search_epochs=20),
     "smoke": Profile("smoke", data="digits", epochs=None, steps=20, batch_size=64, K=30, iwae_examples=32,
@@ -131,9 +137,11 @@ def run_results(profile: str = "cpu", out: str = "docs", runs: str = "runs/resul
                 threads: int | None = None, log=print) -> dict:
     """Train and evaluate every row of :data:`ROWS` under ``profile``; write ``out/results.{json,md}``.
 
-    Each row is one :func:`_run_row`: its validation search first (:mod:`hlvm.reports.search`, each
-    configuration saved to ``out/results[-profile]-search.json`` as it finishes), then train its
-    winner on the whole training set (resuming the run folder's checkpoint), score the trained model
+    First every row's validation search (:mod:`hlvm.reports.search`, each configuration saved to
+    ``out/results[-profile]-search.json`` as it finishes; a row sharing another's search reads it
+    back), so that every winner is known before the long runs; then each row is one
+    :func:`_run_row`: train its winner on the whole training set (resuming the run folder's
+    checkpoint), score the trained model
     by its own bounds (:func:`hlvm.eval.score`), draw its figures; the row is saved at once.  A row
     saved without a ``search`` field (written before the search phase) is run again.
     """
@@ -150,11 +158,13 @@ def run_results(profile: str = "cpu", out: str = "docs", runs: str = "runs/resul
     os.makedirs(out, exist_ok=True)
     done = json.load(open(stem + ".json")) if os.path.exists(stem + ".json") else {"rows": []}
     finished = {r["row"] for r in done["rows"] if r.get("profile") == profile and "search" in r}
+    todo = [row for row in ROWS if row[0] not in finished]
+    searches = {row[0]: _search_row(job, *row) for row in todo}  # every search before any final row
     for row in ROWS:
         if row[0] in finished:
             log(f"== {row[0]}: already in {stem}.json, skipped")
             continue
-        entry = _run_row(job, *row)
+        entry = _run_row(job, *row, search=searches[row[0]])
         done["rows"] = [r for r in done["rows"] if not (r.get("row") == row[0] and r.get("profile") == profile)] + [entry]
         _save_json(stem + ".json", done)
     mine = [r["row"] for r in done["rows"] if r.get("profile") == profile]
@@ -181,9 +191,8 @@ class _Job:
     stem: str  # out/results[-profile]: the JSON, the page and the per-image values share it
 
 
-def _run_row(job: _Job, row: str, model: str, options: dict, trainer_options: dict) -> dict:
-    """Search, train, score and draw one row of :data:`ROWS`; its entry of ``results.json``."""
-    search = _search_row(job, row, model, options, trainer_options)
+def _run_row(job: _Job, row: str, model: str, options: dict, trainer_options: dict, search: dict | None) -> dict:
+    """Train (the ``search``'s winner), score and draw one row of :data:`ROWS`; its entry of ``results.json``."""
     if search is not None:
         options, trainer_options = final_options(search["winner"], options, trainer_options)
     trainer, cfg, result, train_seconds = _train_row(job, row, model, options, trainer_options)
@@ -270,7 +279,7 @@ def train_config(p: Profile, model: str, options: dict, trainer_options: dict, o
     fields = {k: opts.pop(k, None) for k in CONFIG_FIELDS}
     epochs, steps = (p.search_epochs, p.search_steps) if search else (p.epochs, p.steps)
     return TrainConfig(model=model, data=p.data, binarize=default_binarization(p.data), epochs=epochs, steps=steps,
-                       batch_size=p.batch_size, device=device, out=out, progress=False,
+                       batch_size=p.batch_size, device=device, out=out, progress=False, compile=p.compile,
                        resume=os.path.exists(os.path.join(out, CHECKPOINT)), model_kwargs=opts,
                        eval_examples=eval_examples, **fields, **trainer_options)
 

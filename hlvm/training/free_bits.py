@@ -47,4 +47,5 @@ class FreeBitsELBO(TraceMeanField_ELBO):
             n = kl.shape[0] if kl.dim() else 1  # examples in the batch (the outermost batch dim)
             # max(λ n, KL) − KL: the gap up to λ per example, with a gradient that cancels the KL's
             penalty = penalty + torch.relu(self.free_bits * n - kl.sum())
-        return loss + float(torch.as_tensor(penalty).detach()), surrogate + penalty
+        # the penalty stays a tensor (no float(): the recorded step traces this code, hlvm.training.compile)
+        return loss + torch.as_tensor(penalty).detach(), surrogate + penalty

@@ -245,8 +245,9 @@ class DensitySchedule(InteriorSchedule):
         q, cdf = self.density(t.dtype)
         k = torch.searchsorted(cdf[1:-1].detach().contiguous(), t.detach().contiguous(), right=True)  # bin of t
         h = 1.0 / self.bins
-        b, slope = q[k], (q[k + 1] - q[k]) / h
-        s = (t - cdf[k]).clamp_min(0.0)
+        # take, not q[k]: a 0-d index tensor would be read back as a Python int (untraceable by make_fx)
+        b, slope = q.take(k), (q.take(k + 1) - q.take(k)) / h
+        s = (t - cdf.take(k)).clamp_min(0.0)
         # s = b u + slope u²/2 on the bin, solved for u ∈ [0, h] in the cancellation-free form
         u = (2 * s / (b + torch.sqrt((b * b + 2 * slope * s).clamp_min(0.0)))).clamp(0.0, h)
         return k.to(t.dtype) * h + u, 1.0 / (b + slope * u)
