@@ -6,7 +6,7 @@ The modules that own these concepts import them from here, so each lives in one 
 import ast
 import os
 
-__all__ = ["DATASETS", "ESTIMATORS", "MAX_T", "RESERVED_OPTIONS", "default_threads", "parse_value", "parse_assignment",
+__all__ = ["DATASETS", "ESTIMATORS", "LR_SCHEDULES", "MAX_T", "RESERVED_OPTIONS", "default_threads", "parse_value", "parse_assignment",
            "parse_options", "split_top_level", "split_models", "parse_model", "format_value", "model_label"]
 
 #: the datasets :func:`hlvm.data.load_dataset` knows
@@ -15,6 +15,9 @@ DATASETS = ("mnist5k", "digits", "five-clusters", "gaussian", "ppca", "mnist", "
 #: the estimator names of ``--estimator`` / :func:`hlvm.estimators.make_estimator` (``auto``: the rule of
 #: :func:`hlvm.estimators.default_estimator`, which training and evaluation both follow)
 ESTIMATORS = ("auto", "trace", "meanfield", "diffusion")
+
+#: learning-rate schedules (``--lr-schedule``; :mod:`hlvm.training.lr_schedule`)
+LR_SCHEDULES = ("constant", "cosine")
 
 #: the most discrete steps a chain takes.  The grid t = i/T, s = t − 1/T is computed in the
 #: model's dtype; in float32 the discrete-time weights ½ T expm1(γ_t − γ_s) averaged over the grid

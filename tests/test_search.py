@@ -60,8 +60,10 @@ def test_the_spaces_vary_what_the_issue_names():
     td = SPACES["hvae-td"]
     assert {c["model"]["merge"] for c in td} == {"residual", "precision"}
     assert {c["trainer"].get("free_bits", 0) for c in td} == {0, 0.5} and {c["trainer"].get("kl_warmup", 0) for c in td} == {0, 2000}
-    assert {c["model"]["latent_dim"] for c in td} == {16, 32, 64} and {c["model"].get("layers", 3) for c in td} == {2, 3, 5}
+    assert {c["model"]["latent_dim"] for c in td} == {32, 64} and {c["model"].get("layers", 3) for c in td} == {2, 3, 5}
     assert {c["model"].get("latent_dim", 20) for c in SPACES["vae"]} == {20, 32, 50, 100}
+    for row, space in SPACES.items():  # the learning-rate schedule, once per family
+        assert [c["trainer"].get("lr_schedule") for c in space].count("cosine") == 1, row
 
 
 def test_the_cpu_search_budget_outlasts_every_declared_warmup():

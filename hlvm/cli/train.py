@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from hlvm.limits import DATASETS, ESTIMATORS, MAX_T, default_threads, parse_assignment, parse_options
+from hlvm.limits import DATASETS, ESTIMATORS, LR_SCHEDULES, MAX_T, default_threads, parse_assignment, parse_options
 
 __all__ = ["register", "add_common", "add_model_options", "config_from", "run", "NOT_OPTIONS"]
 
@@ -25,6 +25,9 @@ def add_common(p):
     p.add_argument("--epochs", type=int, default=None)
     p.add_argument("--batch-size", type=int, default=None, help="(default 128)")
     p.add_argument("--lr", type=float, default=None, help="Adam's learning rate (default 1e-3)")
+    p.add_argument("--lr-schedule", default=None, choices=list(LR_SCHEDULES),
+                   help="constant (default) or cosine decay to 0 over the run (NVAE, VDVAE)")
+    p.add_argument("--lr-warmup", type=int, default=None, help="steps of linear learning-rate warm-up (default 0: off)")
     p.add_argument("--T", type=int, default=None, help=f"diffusion steps (VDM), 1..{MAX_T:,} (the float32 time grid "
                    "stays exact); default continuous time")
     p.add_argument("--layers", type=int, default=None, help="latent layers (HVAEs)")

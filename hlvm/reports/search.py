@@ -57,16 +57,18 @@ _DENSITY = {"schedule": "learned-density"}
 #:   merge, latent size, layers, warm-up and free bits each varied once.
 #: * VDM — around the learned-density schedule trained on the variance objective (the project's
 #:   schedule benchmark, docs/schedule_variance.json: cosine −112.74, learned density −111.88,
-#:   linear −118.59): the schedule (cosine, learned net), Fourier features (VDM App. C), width,
-#:   depth and the t-sampler (importance sampling of t) each varied once, and Fourier + width 1024.
+#:   linear −118.59): the schedule (cosine, learned net), Fourier features (VDM App. C), width
+#:   and the t-sampler (importance sampling of t) each varied once, and Fourier + width 1024.
+#: * every family: the learning rate's cosine decay over the run (NVAE, VDVAE;
+#:   :mod:`hlvm.training.lr_schedule`) on its base configuration.
 SPACES = {
     "vae": [config("latent-20"), config("latent-32", {"latent_dim": 32}), config("latent-50", {"latent_dim": 50}),
-            config("latent-100", {"latent_dim": 100}), config("latent-50-hidden-256", {"latent_dim": 50, "hidden": 256}),
+            config("latent-100", {"latent_dim": 100}), config("latent-50-cosine", {"latent_dim": 50}, lr_schedule="cosine"),
             config("latent-50-hidden-600", {"latent_dim": 50, "hidden": 600}),
             config("latent-50-hidden-1000", {"latent_dim": 50, "hidden": 1000}),
             config("latent-50-depth-2", {"latent_dim": 50, "depth": 2})],
     "hvae-bu": [config("latents-32-16"), config("hidden-400", {"hidden": 400}),
-                config("hidden-600", {"hidden": 600}),
+                config("hidden-400-cosine", {"hidden": 400}, lr_schedule="cosine"),
                 config("latents-64-32", {"latent_dims": (64, 32), "hidden": 400}),
                 config("latents-32x3", {"latent_dims": (32, 32, 32), "hidden": 400}),
                 config("depth-2", {"hidden": 400, "depth": 2}),
@@ -75,7 +77,8 @@ SPACES = {
     "hvae-td": [config("base", {"merge": "residual", "latent_dim": 32, "hidden": 400}, kl_warmup=2000, free_bits=0.5),
                 config("precision-merge", {"merge": "precision", "latent_dim": 32, "hidden": 400}, kl_warmup=2000,
                        free_bits=0.5),
-                config("latent-16", {"merge": "residual", "latent_dim": 16, "hidden": 400}, kl_warmup=2000, free_bits=0.5),
+                config("cosine", {"merge": "residual", "latent_dim": 32, "hidden": 400}, kl_warmup=2000, free_bits=0.5,
+                       lr_schedule="cosine"),
                 config("latent-64", {"merge": "residual", "latent_dim": 64, "hidden": 400}, kl_warmup=2000, free_bits=0.5),
                 config("layers-2", {"merge": "residual", "latent_dim": 32, "hidden": 400, "layers": 2}, kl_warmup=2000,
                        free_bits=0.5),
@@ -88,7 +91,7 @@ SPACES = {
             config("learned-net", {"schedule": "learned-net"}, estimator_kwargs=_VARIANCE),
             config("fourier", {**_DENSITY, "fourier": (6, 8)}, estimator_kwargs=_VARIANCE),
             config("width-1024", {**_DENSITY, "width": 1024}, estimator_kwargs=_VARIANCE),
-            config("depth-5", {**_DENSITY, "depth": 5}, estimator_kwargs=_VARIANCE),
+            config("cosine-lr", _DENSITY, estimator_kwargs=_VARIANCE, lr_schedule="cosine"),
             config("importance-t", _DENSITY, estimator_kwargs={**_VARIANCE, "sampler": "importance"}),
             config("fourier-width-1024", {**_DENSITY, "fourier": (6, 8), "width": 1024}, estimator_kwargs=_VARIANCE)],
 }

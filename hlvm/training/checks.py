@@ -16,7 +16,7 @@ import torch
 
 from ..eval.possible import observed_site
 from ..programs.chain import check_T
-from ..limits import ESTIMATORS
+from ..limits import ESTIMATORS, LR_SCHEDULES
 from ..validate import check_device, check_float, check_int
 
 __all__ = ["validate_config", "check_compare_options", "prepare_run_folder", "writable_folder", "clean_stale_tmp",
@@ -70,6 +70,9 @@ def validate_config(cfg) -> None:
     check_int("--checkpoint-every", cfg.checkpoint_every, 0, note=" (0: each epoch)")
     check_int("--grad-shards", cfg.grad_shards, 1)
     check_int("--kl-warmup", cfg.kl_warmup, 0, note=" (0: off)")
+    if cfg.lr_schedule not in LR_SCHEDULES:
+        raise ValueError(f"--lr-schedule must be one of {list(LR_SCHEDULES)}, got {cfg.lr_schedule!r}")
+    check_int("--lr-warmup", cfg.lr_warmup, 0, note=" (0: off)")
     check_int("--log-every", cfg.log_every, 0, note=" (0: automatic)")
     check_int("--threads", cfg.threads, 1, 1024, optional=True)
 

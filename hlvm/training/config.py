@@ -22,6 +22,10 @@ class TrainConfig:
     epochs: int | None = None
     batch_size: int = 128
     lr: float = 1e-3
+    #: ``constant`` or ``cosine`` (decay to 0 over the run) after ``lr_warmup`` linear warm-up steps
+    #: (:mod:`hlvm.training.lr_schedule`)
+    lr_schedule: str = "constant"
+    lr_warmup: int = 0
     T: int | None = None
     layers: int | None = None
     estimator: str = "auto"

@@ -88,6 +88,9 @@ class SingleOptim(PyroOptim):
             groups = [[by_name[n] for n in group] for group in self._pending["groups"]]
             self.optim = self.pt_optim_constructor([{"params": g} for g in groups], **self.pt_optim_args)
             self.optim.load_state_dict(self._pending["optim"])
+            if "lr" in self.pt_optim_args:  # the current rate (set_lr), not the one saved with the moments
+                for g in self.optim.param_groups:
+                    g["lr"] = self.pt_optim_args["lr"]
             self._groups = [list(g) for g in self._pending["groups"]]
             self._members.update(p for g in groups for p in g)
             self._pending = None
@@ -108,6 +111,12 @@ class SingleOptim(PyroOptim):
         if self.optim is not None and self.optim.param_groups:
             return float(self.optim.param_groups[0]["lr"])
         return float(self.pt_optim_args.get("lr", float("nan")))
+
+    def set_lr(self, lr: float) -> None:
+        """Use ``lr`` from the next step on (every param group; :mod:`hlvm.training.lr_schedule`)."""
+        self.pt_optim_args = {**self.pt_optim_args, "lr": lr}
+        for group in self.optim.param_groups if self.optim is not None else ():
+            group["lr"] = lr
 
     def __call__(self, params, *args, **kwargs) -> Update:
         """One optimizer step over ``params`` (an iterable of unconstrained parameters)."""

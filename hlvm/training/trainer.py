@@ -51,6 +51,7 @@ from ..registry import build_model, check_model_options
 from .checkpoints import CHECKPOINT, load_checkpoint, load_run_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .checks import QUIET_ON_RESUME, check_data_fits, clean_stale_tmp, config_changes, prepare_run_folder
 from .compile import RecordedLoss
+from .lr_schedule import learning_rate
 from .config import TrainConfig
 from .ema import EMA
 from .free_bits import FreeBitsELBO
@@ -328,6 +329,9 @@ class Trainer:
         """One step of the loop — the next batch, the update, the EMA — and its record, timed."""
         start = time.perf_counter()
         x = self._next_batch().to(self.device, self.dtype)
+        cfg = self.cfg
+        if cfg.lr_schedule != "constant" or cfg.lr_warmup:
+            self.optim.set_lr(learning_rate(self.step, self.total_steps, cfg.lr, cfg.lr_schedule, cfg.lr_warmup))
         record = self._update(x)
         self.step += 1
         self.losses.append(record.loss)
