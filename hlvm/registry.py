@@ -23,7 +23,7 @@ from .programs.contract import check_hierarchy
 from .validate import user_error
 
 __all__ = ["ENTRY_POINT_GROUP", "register", "names", "load_class", "accepts", "model_options", "check_model_options",
-           "build_model"]
+           "build_model", "training_defaults"]
 
 ENTRY_POINT_GROUP = "hlvm.models"
 _REGISTERED: dict = {}
@@ -126,6 +126,14 @@ def accepts(spec: str, option: str) -> bool:
     """Whether the class of ``spec`` takes the constructor argument ``option``."""
     params = inspect.signature(load_class(spec).__init__).parameters
     return option in params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+
+
+def training_defaults(spec: str) -> dict:
+    """The trainer options (:class:`~hlvm.training.TrainConfig` fields) that ``spec``'s class
+    declares as its recipe in a class attribute ``training_defaults`` — for the zoo, those that won
+    its family's validation search (docs/results.md) — or ``{}``.  ``hlvm train``, ``compare`` and
+    ``demo`` use them where the command line does not set the option."""
+    return dict(getattr(load_class(spec), "training_defaults", None) or {})
 
 
 def model_options(spec: str) -> list[str]:

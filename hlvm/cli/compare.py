@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from hlvm.cli.train import add_common, config_from
+from hlvm.cli.train import add_common, config_from, given_options
 
 __all__ = ["DEFAULT_MODELS", "register", "add_arguments", "run"]
 
@@ -42,9 +42,9 @@ def run(args):
     models = [parse_model(m) for m in split_models(args.models)]  # a malformed entry: ValueError, exit 2
     if args.steps is None and args.epochs is None:
         args.steps = 400
-    base = config_from(args, models[0][0] if models else "vae", args.out)
+    base = config_from(args, models[0][0] if models else "vae", args.out, recipe=False)  # recipes: per model
     try:
-        run_compare(models, base, args.out, K=args.K, iwae_examples=args.iwae_examples, eval_examples=base.eval_examples,
+        run_compare(models, base, args.out, fixed=given_options(args), K=args.K, iwae_examples=args.iwae_examples, eval_examples=base.eval_examples,
                     pfode_examples=args.pfode_examples, pfode_samples=args.pfode_samples, render=not args.no_render)
     except (TrainingDiverged, EvaluationFailed) as e:  # after training started: exit 1, where the work is kept
         print(f"hlvm compare: {e}", file=sys.stderr)

@@ -90,11 +90,12 @@ def register(sub):
     p.set_defaults(func=run)
 
 
-def config_from(args, model: str, out: str, saved: dict | None = None):
+def config_from(args, model: str, out: str, saved: dict | None = None, recipe: bool = True):
     """The TrainConfig of the parsed ``args``: every option named as a TrainConfig field fills it;
     options not given (None: the parser default of those that define the run) take TrainConfig's
     defaults, or the values in ``saved`` (a checkpoint's config, on ``--resume``).  The model's
-    options (``--set``) fill ``model_kwargs``, on top of ``saved``'s."""
+    options (``--set``) fill ``model_kwargs``, on top of ``saved``'s.  A fresh run (no ``saved``)
+    with ``recipe`` takes the model's training defaults for the options the line leaves unset."""
     from dataclasses import asdict
 
     from hlvm.data import default_binarization
@@ -109,9 +110,32 @@ def config_from(args, model: str, out: str, saved: dict | None = None):
     if values.get("threads") is None:
         values["threads"] = default_threads()
     model_kwargs = {**(base.get("model_kwargs") or {}), **parse_options(getattr(args, "model_options", None) or ())}
+    recipe = _recipe(model) if saved is None and recipe else {}
+    values.update({k: v for k, v in recipe.items() if k in given and given[k] is None})
+    estimator_kwargs = recipe.get("estimator_kwargs", {}) if saved is None else saved.get("estimator_kwargs")
     return TrainConfig(model=model, out=out, progress=not args.no_progress, resume=getattr(args, "resume", False),
                        overwrite=getattr(args, "overwrite", False), model_kwargs=model_kwargs,
-                       estimator_kwargs=dict(base.get("estimator_kwargs") or {}), **values)
+                       estimator_kwargs=dict(estimator_kwargs or {}), **values)
+
+
+def given_options(args) -> set[str]:
+    """The TrainConfig fields the command line sets (the options not left at None)."""
+    from dataclasses import fields
+
+    from hlvm.training import TrainConfig
+
+    return {f.name for f in fields(TrainConfig) if getattr(args, f.name, None) is not None}
+
+
+def _recipe(model: str) -> dict:
+    """The model's training defaults (:func:`hlvm.registry.training_defaults`); ``{}`` for a model
+    that does not load (building it later reports why)."""
+    from hlvm.registry import training_defaults
+
+    try:
+        return training_defaults(model)
+    except ValueError:
+        return {}
 
 
 def _saved_config(out: str, resume: bool) -> dict | None:

@@ -29,7 +29,7 @@ from ..eval.scores import own_bounds, score
 from ..training.checks import check_compare_options, writable_folder
 from ..training import EvaluationFailed, TrainConfig, Trainer, WARMUP_STEPS
 from ..limits import model_label, parse_model
-from ..registry import accepts, build_model, check_model_options
+from ..registry import accepts, build_model, check_model_options, training_defaults
 from .files import files_section
 
 __all__ = ["run_compare", "format_table"]
@@ -55,7 +55,7 @@ def format_table(rows: list[dict]) -> str:
 
 def run_compare(models: list, base: TrainConfig, out: str, K: int = 50, iwae_examples: int = 100,
                 eval_examples: int = 1000, pfode_examples: int = 100, pfode_samples: int = 1, render: bool = True,
-                log=print) -> dict:
+                log=print, fixed=None) -> dict:
     """Train each model with the same budget and data, evaluate, and write the report to ``out``
     (rewritten after each model, so a late failure keeps the rows already done; a failure after a
     model's training names its checkpoint).  The runs of an earlier report in ``out`` are replaced.
@@ -71,7 +71,7 @@ def run_compare(models: list, base: TrainConfig, out: str, K: int = 50, iwae_exa
     models = [_entry(m) for m in models]
     check_options(models, base, out, K, iwae_examples, eval_examples, pfode_examples, pfode_samples)
     data = load_dataset(base.data, base.binarize, base.data_dir)
-    configs = [_run_config(base, spec, options, out, eval_examples) for spec, options in models]
+    configs = [_run_config(base, spec, options, out, eval_examples, fixed) for spec, options in models]
     for cfg in configs:  # every option value checked by its constructor before the first training
         build_model(cfg.model, data.shape, data.kind, T=cfg.T, layers=cfg.layers, **cfg.model_kwargs)
     os.makedirs(out, exist_ok=True)
@@ -123,10 +123,16 @@ def _entry(model) -> tuple:
     return spec, dict(options or {})
 
 
-def _run_config(base: TrainConfig, spec: str, options: dict, out: str, eval_examples: int) -> TrainConfig:
-    """The training config of one model of the comparison: ``base`` with the model, its options
-    and run folder; ``--T`` and ``--layers`` apply to the models that have them."""
-    return replace(base, model=spec, model_kwargs=dict(options), out=os.path.join(out, "runs", _tag(spec, options)),
+def _run_config(base: TrainConfig, spec: str, options: dict, out: str, eval_examples: int,
+                fixed=None) -> TrainConfig:
+    """The training config of one model of the comparison: ``base`` with the model, its options,
+    its training defaults (:func:`hlvm.registry.training_defaults`) for the fields not in ``fixed``
+    (those the user set; None: the fields ``base`` holds at TrainConfig's defaults) and run folder;
+    ``--T`` and ``--layers`` apply to the models that have them."""
+    plain = TrainConfig()
+    recipe = {k: v for k, v in training_defaults(spec).items()
+              if (k not in fixed if fixed is not None else getattr(base, k) == getattr(plain, k))}
+    return replace(base, **recipe, model=spec, model_kwargs=dict(options), out=os.path.join(out, "runs", _tag(spec, options)),
                    eval_examples=min(eval_examples, 500), resume=False, overwrite=True,
                    T=base.T if accepts(spec, "T") else None, layers=base.layers if accepts(spec, "layers") else None)
 
