@@ -13,6 +13,7 @@ Expected: VDM images/s ∝ 1/steps (constant time per denoiser call).
 from __future__ import annotations
 
 import _common as C  # noqa: I001
+from _steps import PINNED
 import torch
 
 import hlvm
@@ -22,7 +23,7 @@ from models import VAE, VDM, BottomUpHVAE, TopDownHVAE
 def run(args) -> dict:
     device = C.setup(args)
     steps_list = [int(s) for s in args.steps.split(",")]
-    vdm = VDM().to(device).eval()
+    vdm = VDM(**PINNED["vdm"]).to(device).eval()
     cs, calls = {}, {}
     for s in steps_list:
         cs[f"VDM ancestral, {s} steps"] = (lambda s=s: vdm.sample(args.n, steps=s))
@@ -31,8 +32,8 @@ def run(args) -> dict:
         s = args.langevin
         cs[f"VDM predictor-corrector, {s} steps"] = (lambda: vdm.langevin_sample(args.n, steps=s))
         calls[f"VDM predictor-corrector, {s} steps"] = 2 * s + 1
-    for name, cls in (("VAE", VAE), ("BottomUpHVAE", BottomUpHVAE), ("TopDownHVAE", TopDownHVAE)):
-        m = cls().to(device).eval()
+    for name, cls, key in (("VAE", VAE, "vae"), ("BottomUpHVAE", BottomUpHVAE, None), ("TopDownHVAE", TopDownHVAE, "hvae-td")):
+        m = cls(**PINNED.get(key, {})).to(device).eval()
         cs[f"{name}, one pass"] = (lambda m=m: hlvm.sample(m, args.n))
         calls[f"{name}, one pass"] = None
     with torch.no_grad():
