@@ -118,7 +118,8 @@ def test_khat_note_says_what_the_share_implies_for_the_iwae_figure():
 def test_page_lists_each_anchor_with_its_bound_and_protocol_and_the_khat_share(tmp_path):
     row = {**_row(0.42), "dataset": "mnist", "profile": "cpu", "test_elbo_nats": -99.0, "test_elbo_se": 0.26,
            "bits_per_dim": 0.18, "iwae_se": 0.8, "pfode_bound_nats": None, "khat_max": 2.5, "active_units": 20,
-           "epochs": 20.0, "train_seconds": 120.0, "threads": 2, "device": "CPU", "git_commit": "abc", "search": None}
+           "epochs": 20.0, "train_seconds": 120.0, "eval_seconds": 30.0, "threads": 2, "device": "CPU", "git_commit": "abc",
+           "search": None}
     page = tmp_path / "results.md"
     write_page({"rows": [row]}, "cpu", str(page))
     text = page.read_text()
@@ -131,7 +132,7 @@ def test_page_lists_each_anchor_with_its_bound_and_protocol_and_the_khat_share(t
                  "| PixelCNN (van den Oord et al. 2016) | 81.30 | exact | static binarization |"):
         assert line + "\n" in text, line
     assert text.count("| 86.76 |") == 1 and "| model | NLL | bound | protocol |" in text
-    assert "| vae | -99.00 ± 0.26 | 0.1800 | -90.00 ± 0.80 (5000, 1000) | – | 2.50 | 42% | 20 |" in text
+    assert "| vae | -99.00 ± 0.26 | 0.1800 | -90.00 ± 0.80 (5000, 1000) | – | 2.50 | 42% | 20 | 20.0 | 120 | 30 | 2 |" in text
     assert "* vae: k̂ > 0.7 on 42% of 1,000 images: the IWAE figure -90.00 is a conservative" in text
     assert "still a lower bound on log p(x) in expectation (Burda et al. 2016)" in text and "Validation search" not in text
 

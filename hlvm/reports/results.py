@@ -354,8 +354,8 @@ def write_page(results: dict, profile: str, path: str) -> None:
              "binarized, the 10,000 test images binarized once (seed `MNIST_TEST_SEED`)"
              + ("; settings chosen on held-out training images (below), never on the test set." if searches else "."), "",
              "| row | test ELBO | bits/dim | IWAE (K, images) | PF-ODE bound (images) | k̂ max | k̂ > 0.7 | active units | "
-             "epochs | train s | threads | device | commit |",
-             "|" + "---|" * 13]
+             "epochs | train s | eval s | threads | device | commit |",
+             "|" + "---|" * 14]
     lines += [_table_line(r) for r in rows]
     lines += _reading_lines() + _khat_lines(rows)
     lines += paired_lines(results.get("paired", []))
@@ -373,7 +373,8 @@ def _table_line(r: dict) -> str:
     share = r.get("khat_frac_gt_0.7")
     return (f"| {r['row']} | {_fmt(r['test_elbo_nats'])} ± {_fmt(r['test_elbo_se'])} | {_fmt(r['bits_per_dim'], '{:.4f}')} "
             f"| {iw} | {pf} | {_fmt(r['khat_max'])} | {'–' if share is None else f'{100 * share:.0f}%'} | "
-            f"{r['active_units']} | {r['epochs']:.1f} | {r['train_seconds']:.0f} | {r['threads']} | {r['device']} | "
+            f"{r['active_units']} | {r['epochs']:.1f} | {r['train_seconds']:.0f} | {r['eval_seconds']:.0f} | "
+            f"{r['threads']} | {r['device']} | "
             f"{r['git_commit']} |")
 
 

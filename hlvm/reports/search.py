@@ -218,7 +218,10 @@ def search_lines(searches: dict) -> list[str]:
              "training images) for the search budget and is scored by its ELBO on the held-out part (the last 10,000, "
              "binarized once, seed `VALIDATION_SEED`); the highest mean wins (an exact tie: the one declared first), "
              "and the final row trains the winner on every training image. "
-             "Δ: the winner's margin over the runner-up ± its SE √(SE₁² + SE₂²).", ""]
+             "Δ: the winner's margin over the runner-up ± its SE √(SE₁² + SE₂²). "
+             "A short budget favours what learns fastest: the cosine decay of the learning rate sums to half the "
+             "constant rate's steps, so at this budget it measures an under-trained run, not the late-training "
+             "benefit it is used for in long runs (NVAE, VDVAE).", ""]
     for row, s in searches.items():
         w = s["winner"]
         lines += [f"### {row} ({s['budget']})", "", "| configuration | options | validation ELBO | steps | seconds |",
