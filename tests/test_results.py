@@ -78,7 +78,10 @@ def _check_search(tmp_path, rows, page):
         assert c["elbo"] < 0 and c["elbo_se"] > 0 and c["n_valid"] == 64 and c["steps"] == 5 and c["train_seconds"] > 0
     best = max(search["configs"], key=lambda c: c["elbo"])
     assert search["winner"]["name"] == best["name"] and search["budget"] == "5 steps on 1,247 images"
-    assert rows["vae"]["options"] == {"model": {"T": None, **best["model"]}, "trainer": {}}
+    # the final row: the row's own base options, the winner's on top
+    assert search["base"] == {"model": {"latent_dim": 20, "hidden": 400}, "trainer": {}}
+    assert rows["vae"]["options"] == {"model": {"T": None, "latent_dim": 20, "hidden": 400, **best["model"]}, "trainer": {}}
+    assert "Base of every configuration: latent_dim=20, hidden=400; each sets its options on top." in page
     assert all(rows[name]["search"] is None for name in rows if name != "vae")
     assert json.load(open(tmp_path / "docs" / "results-smoke-search.json"))["vae"] == search
     assert "### vae (5 steps on 1,247 images)" in page and f"Winner: **{best['name']}**, Δ = " in page

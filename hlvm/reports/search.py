@@ -138,18 +138,19 @@ def _finished(record: dict | None, c: dict) -> bool:
     return record is not None and record["model"] == c["model"] and record["trainer"] == c["trainer"]
 
 
-def run_search(row: str, configs: list[dict], path: str, fit, budget: str, log=print) -> dict:
+def run_search(row: str, configs: list[dict], path: str, fit, budget: str, log=print, base: dict | None = None) -> dict:
     """Train and score each configuration (``fit(config) -> dict`` of :func:`score_config`'s fields
     plus ``steps`` and ``train_seconds``); write each result to ``path`` (a JSON of every search,
     by row) as soon as it is done; return the search with its winner (:func:`pick_winner`).
 
-    Configurations already in ``path`` with the same options are not trained again.
+    Configurations already in ``path`` with the same options are not trained again.  ``base``
+    (the row's own model and trainer options, under every configuration's) is recorded with the search.
     """
     from ..training import TrainingDiverged
 
     everything = _read(path)
     done = {r["name"]: r for r in everything.get(row, {}).get("configs", [])}
-    search = {"row": row, "budget": budget, "configs": []}
+    search = {"row": row, "budget": budget, "base": _plain(base or {"model": {}, "trainer": {}}), "configs": []}
     for c in configs:
         if _finished(done.get(c["name"]), c):
             log(f"== search {row}/{c['name']}: already in {path}, skipped")
@@ -205,7 +206,7 @@ def final_options(winner: dict, options: dict, trainer_options: dict) -> tuple[d
 
 def _options_text(c: dict) -> str:
     items = {**c["model"], **c["trainer"]}
-    return ", ".join(f"{k}={json.dumps(v, separators=(',', ':'))}" for k, v in items.items()) or "zoo defaults"
+    return ", ".join(f"{k}={json.dumps(v, separators=(',', ':'))}" for k, v in items.items()) or "the base"
 
 
 def search_lines(searches: dict) -> list[str]:
@@ -224,7 +225,11 @@ def search_lines(searches: dict) -> list[str]:
              "benefit it is used for in long runs (NVAE, VDVAE).", ""]
     for row, s in searches.items():
         w = s["winner"]
-        lines += [f"### {row} ({s['budget']})", "", "| configuration | options | validation ELBO | steps | seconds |",
+        base = s.get("base") or {"model": {}, "trainer": {}}
+        lines += [f"### {row} ({s['budget']})", "",
+                  f"Base of every configuration: {_options_text(base) if base['model'] or base['trainer'] else 'the zoo defaults'}"
+                  "; each sets its options on top.", "",
+                  "| configuration | options | validation ELBO | steps | seconds |",
                   "|---|---|---|---|---|"]
         for c in s["configs"]:
             name = f"**{c['name']}**" if c["name"] == w["name"] else c["name"]
