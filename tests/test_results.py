@@ -6,7 +6,8 @@ import json
 import numpy as np
 import pytest
 
-from hlvm.reports.results import ROWS, khat_note, run_results, write_page
+from hlvm.reports.page import khat_note, write_page
+from hlvm.reports.results import ROWS, run_results
 
 
 def test_results_pipeline_smoke_and_resume(tmp_path):
@@ -89,7 +90,7 @@ def _check_search(tmp_path, rows, page):
 
 
 def test_results_page_shows_the_schedule_variance_benchmark_when_its_json_is_there(tmp_path):
-    from hlvm.reports.results import SCHEDULE_JSON, write_page
+    from hlvm.reports.page import SCHEDULE_JSON
 
     row = {"schedule": "density-from-cosine", "objective": "variance", "var_uniform": 16.34, "var_antithetic": 11.0,
            "test_elbo": -111.5, "test_elbo_se": 1.3, "bpd": 0.2}
