@@ -32,7 +32,7 @@ from ..limits import model_label, parse_model
 from ..registry import accepts, build_model, check_model_options, training_defaults
 from .files import files_section
 
-__all__ = ["run_compare", "format_table"]
+__all__ = ["run_compare", "format_table", "training_options"]
 
 COLUMNS = [("model", "{}"), ("elbo", "{:.2f}"), ("elbo_se", "±{:.2f}"), ("bpd", "{:.4f}"), ("iwae", "{:.2f}"),
            ("iwae_bpd", "{:.4f}"), ("khat_max", "{:.2f}"), ("pfode", "{:.2f}"), ("pfode_bpd", "{:.4f}"),
@@ -137,6 +137,16 @@ def _run_config(base: TrainConfig, spec: str, options: dict, out: str, eval_exam
                    T=base.T if accepts(spec, "T") else None, layers=base.layers if accepts(spec, "layers") else None)
 
 
+#: the trainer options a model's recipe may set (:func:`hlvm.registry.training_defaults`), shown per row
+RECIPE_FIELDS = ("kl_warmup", "free_bits", "grad_clip", "skip_norm", "lr_schedule", "lr_warmup", "ema", "estimator_kwargs")
+
+
+def training_options(cfg: TrainConfig) -> dict:
+    """The :data:`RECIPE_FIELDS` of ``cfg`` that differ from TrainConfig's defaults."""
+    plain = TrainConfig()
+    return {k: getattr(cfg, k) for k in RECIPE_FIELDS if getattr(cfg, k) != getattr(plain, k)}
+
+
 def _tag(name: str, options: dict | None = None) -> str:
     """The file-name tag of a model in the report (its run folder, figure names): the name, then
     each option as ``_key-value`` with characters other than letters, digits, ``.``, ``+``, ``-``
@@ -172,7 +182,7 @@ def _evaluate_row(name, trainer, result, data, seed, settings, log):
     for message in s.khat_warnings:
         log(f"   warning ({name}): {message}")
     ev, iw, pf = s.evaluation, s.iwae, s.pfode
-    row = {"model": name, "options": dict(trainer.cfg.model_kwargs), "elbo": ev["elbo"], "elbo_se": ev["nats_se"], "bpd": ev["bpd"],
+    row = {"model": name, "options": dict(trainer.cfg.model_kwargs), "training": training_options(trainer.cfg), "elbo": ev["elbo"], "elbo_se": ev["nats_se"], "bpd": ev["bpd"],
            "iwae": iw.get("iwae"), "iwae_se": iw.get("iwae_se"), "iwae_bpd": iw.get("iwae_bpd"),
            "khat_max": iw.get("khat_max"), "khat_mean": iw.get("khat_mean"),
            "pfode": pf.get("pfode"), "pfode_se": pf.get("pfode_se"), "pfode_bpd": pf.get("pfode_bpd"),
@@ -232,6 +242,8 @@ def _write_report(report, data, base, settings, out):
                 f"{WARMUP_STEPS} steps of warm-up (allocation, caches, compilation); evaluations excluded.\n\n")
         f.write(format_table(rows) + "\n\n")
         for r in rows:
+            if r.get("training"):  # trainer options beyond the shared budget (a model's recipe, or given)
+                f.write(f"* {r['model']} trained with " + ", ".join(f"{k}={v}" for k, v in r["training"].items()) + ".\n")
             if r.get("iwae_note"):
                 f.write(f"* {r['model']}: {r['iwae_note']}.\n")
         f.write("\n![test ELBO](elbo_curves.png)\n\n")

@@ -3,6 +3,7 @@
 line overrides it, each model of a comparison gets its own, and a resumed run keeps its saved
 options."""
 
+import json
 import os
 import textwrap
 
@@ -67,6 +68,10 @@ def test_each_model_of_a_comparison_gets_its_own_recipe(recipe_model, tmp_path):
     mine = next(c for d, c in runs.items() if not d.startswith("vae"))
     assert (vae["kl_warmup"], vae["free_bits"]) == (0, 0.0)
     assert (mine["kl_warmup"], mine["free_bits"]) == (7, 0.25)
+    report = json.loads((out / "report.json").read_text())
+    trained = {r["model"]: r["training"] for r in report["rows"]}
+    assert trained["vae"] == {} and trained[recipe_model] == {"kl_warmup": 7, "free_bits": 0.25, "lr_schedule": "cosine"}
+    assert f"* {recipe_model} trained with kl_warmup=7, free_bits=0.25, lr_schedule=cosine." in (out / "report.md").read_text()
     code, _, err = run(["compare", *COMPARE, "--models", f"vae,{recipe_model}", "--out", str(out), "--free-bits", "0"])
     assert code == 0, err
     mine = next(_config(out / "runs" / d) for d in os.listdir(out / "runs") if not d.startswith("vae"))
