@@ -101,8 +101,8 @@ def test_final_options_take_the_winners_and_drop_the_variance_objective_in_discr
     only = {"model": {}, "trainer": {"estimator_kwargs": {"schedule_objective": "variance"}}}
     assert final_options(only, {"T": 1000}, {}) == ({"T": 1000}, {})
     # the top-down row keeps its gradient clipping under every configuration of its space
-    assert final_options(SPACES["hvae-td"][6], {"T": None}, {"grad_clip": 20000.0})[1] == {"free_bits": 0.5,
-                                                                                        "grad_clip": 20000.0}
+    assert final_options(SPACES["hvae-td"][6], {"T": None}, {"grad_clip": 20000.0})[1] == {
+        "kl_warmup": 0, "free_bits": 0.5, "grad_clip": 20000.0}
 
 
 def test_search_writes_each_result_at_once_and_resumes_without_retraining(tmp_path):
@@ -146,3 +146,12 @@ def test_trainer_builds_its_estimator_with_the_configs_estimator_options(tmp_pat
     assert trainer.bound_estimator is trainer.estimator and trainer.fit()["steps"] == 1
     with pytest.raises(ValueError, match="estimator_kwargs must be a dict, got list"):
         TrainConfig(estimator_kwargs=["sampler"]).validate()
+
+
+def test_every_configuration_of_a_space_is_a_distinct_run():
+    """Options are set on top of the row's own, so a configuration that drops an option of the row
+    (warm-up, free bits) must switch it off explicitly; otherwise it silently repeats another."""
+    for row, space in SPACES.items():
+        _, _, options, trainer_options = next(r for r in ROWS if r[0] == row)
+        runs = [json.dumps(final_options(c, options, trainer_options), sort_keys=True) for c in space]
+        assert len(set(runs)) == len(runs), row

@@ -84,8 +84,10 @@ SPACES = {
                        free_bits=0.5),
                 config("layers-5", {"merge": "residual", "latent_dim": 32, "hidden": 400, "layers": 5}, kl_warmup=2000,
                        free_bits=0.5),
-                config("no-warmup", {"merge": "residual", "latent_dim": 32, "hidden": 400}, free_bits=0.5),
-                config("no-free-bits", {"merge": "residual", "latent_dim": 32, "hidden": 400}, kl_warmup=2000)],
+                # switched off explicitly: a configuration's options are set on top of the row's own (which has both)
+                config("no-warmup", {"merge": "residual", "latent_dim": 32, "hidden": 400}, kl_warmup=0, free_bits=0.5),
+                config("no-free-bits", {"merge": "residual", "latent_dim": 32, "hidden": 400}, kl_warmup=2000,
+                       free_bits=0.0)],
     "vdm": [config("cosine", {"schedule": "cosine"}),
             config("base", _DENSITY, estimator_kwargs=_VARIANCE),
             config("learned-net", {"schedule": "learned-net"}, estimator_kwargs=_VARIANCE),
