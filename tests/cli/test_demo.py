@@ -35,7 +35,7 @@ def test_make_demo_runs_hlvm_demo():
 def test_hlvm_demo_is_the_documented_comparison():
     demo, demo_func = _parsed(["demo"])
     compare, compare_func = _parsed(shlex.split(
-        "compare --models vae,hvae-bu,hvae-td,vdm --data mnist5k --steps 2000 --out reports/demo"))
+        "compare --models vae,hvae-bu,hvae-td,vdm --data mnist --steps 2000 --out reports/demo"))
     assert demo == compare and demo_func is compare_func
     # options pass through as for compare
     assert _parsed(["demo", "--steps", "7", "--K", "3"])[0] == {**compare, "steps": 7, "K": 3}
@@ -47,7 +47,7 @@ def test_demo_help_states_its_defaults():
                        env=env, cwd=ROOT, timeout=120)
     assert r.returncode == 0, r.stderr
     text = " ".join(r.stdout.split())
-    assert "hlvm compare --models vae,hvae-bu,hvae-td,vdm --data mnist5k --steps 2000 --out reports/demo" in text
+    assert "hlvm compare --models vae,hvae-bu,hvae-td,vdm --data mnist --steps 2000 --out reports/demo" in text
     assert "python examples/oracle_tour.py" in text  # the other "demo" is named where one looks for it
 
 
