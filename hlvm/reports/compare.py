@@ -31,6 +31,7 @@ from ..training import EvaluationFailed, TrainConfig, Trainer, WARMUP_STEPS
 from ..limits import model_label, parse_model
 from ..registry import accepts, build_model, check_model_options, training_defaults
 from .files import files_section
+from .per_image import paired_entries, paired_lines
 
 __all__ = ["run_compare", "format_table", "training_options"]
 
@@ -75,7 +76,7 @@ def run_compare(models: list, base: TrainConfig, out: str, K: int = 50, iwae_exa
     for cfg in configs:  # every option value checked by its constructor before the first training
         build_model(cfg.model, data.shape, data.kind, T=cfg.T, layers=cfg.layers, **cfg.model_kwargs)
     os.makedirs(out, exist_ok=True)
-    report = {"rows": [], "details": {}, "curves": {}, "breakdowns": {}, "files": {}}
+    report = {"rows": [], "details": {}, "curves": {}, "breakdowns": {}, "files": {}, "per_image": {}}
     settings = dict(K=K, iwae_examples=iwae_examples, eval_examples=eval_examples, pfode_examples=pfode_examples,
                     pfode_samples=pfode_samples)
     for cfg in configs:
@@ -160,6 +161,7 @@ def _tag(name: str, options: dict | None = None) -> str:
 def _report_model(report, name, tag, trainer, result, data, base, settings, out, render, log) -> None:
     """Evaluate one trained model, add its row, figures and breakdown, and rewrite the report."""
     row, detail = _evaluate_row(name, trainer, result, data, base.seed, settings, log)
+    report["per_image"][name] = {k: v.numpy() for k, v in detail.pop("per_image").items()}
     report["rows"].append(row)
     report["details"][name] = detail
     report["curves"][name] = ([h["step"] for h in trainer.history], [h["test_elbo"] for h in trainer.history])
@@ -178,7 +180,7 @@ def _evaluate_row(name, trainer, result, data, seed, settings, log):
     K = settings["K"]
     s = score(model, test, trainer.bound_estimator, seed=seed, eval_examples=settings["eval_examples"], K=K,
               iwae_examples=settings["iwae_examples"], pfode_examples=settings["pfode_examples"],
-              pfode_samples=settings["pfode_samples"])
+              pfode_samples=settings["pfode_samples"], per_example=True)  # every model on the same first images
     for message in s.khat_warnings:
         log(f"   warning ({name}): {message}")
     ev, iw, pf = s.evaluation, s.iwae, s.pfode
@@ -195,7 +197,7 @@ def _evaluate_row(name, trainer, result, data, seed, settings, log):
     log(f"   ELBO {ev['elbo']:.2f} ± {ev['nats_se']:.2f} nats ({ev['bpd']:.4f} bits/dim)"
         + (f", IWAE(K={K}) {iw['iwae']:.2f} nats, k̂max {iw.get('khat_max', float('nan')):.2f}" if iw else "")
         + (f", PF-ODE bound {pf['pfode']:.2f} nats ({pf['pfode_nfe']:.0f} NFE)" if pf else ""))
-    return row, {"evaluation": ev, "iwae": iw, "pfode": pf, "history": result["history"]}
+    return row, {"evaluation": ev, "iwae": iw, "pfode": pf, "history": result["history"], "per_image": s.per_example}
 
 
 def _figures(model, tag, data, trainer, seed, out, render, log) -> list[str]:
@@ -246,6 +248,8 @@ def _write_report(report, data, base, settings, out):
                 f.write(f"* {r['model']} trained with " + ", ".join(f"{k}={v}" for k, v in r["training"].items()) + ".\n")
             if r.get("iwae_note"):
                 f.write(f"* {r['model']}: {r['iwae_note']}.\n")
+        paired = paired_entries(report["per_image"]) if len(report["per_image"]) > 1 else []
+        f.write("\n".join(paired_lines(paired)) + "\n" if paired else "")
         f.write("\n![test ELBO](elbo_curves.png)\n\n")
         if report["breakdowns"]:
             f.write("![breakdown](breakdown.png)\n\n")
@@ -254,5 +258,5 @@ def _write_report(report, data, base, settings, out):
                 f.write(f"**{name}**: " + " · ".join(f"[{fn}]({fn})" for fn in files) + "\n\n")
         f.write(files_section(out, also=("report.json",)))  # every file: runs, checkpoints, metrics, JSON
     with open(os.path.join(out, "report.json"), "w") as f:
-        json.dump({"data": data.name, "rows": rows, "details": report["details"], "config": base.__dict__,
+        json.dump({"data": data.name, "rows": rows, "paired": paired, "details": report["details"], "config": base.__dict__,
                    "settings": settings}, f, indent=1, default=str)

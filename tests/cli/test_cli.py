@@ -76,6 +76,16 @@ def test_compare_writes_report(tmp_path):
     assert vdm["iwae"] is None and vdm["pfode"] < 0 and vdm["pfode_nfe"] > 0 and vdm["pfode_s_per_image"] > 0
     md = open(out / "report.md").read()
     assert "| vae |" in md and "| vdm |" in md
+    # every pair of rows on the same images: the ELBO, and each row's tightest bound (IWAE / PF-ODE)
+    pairs = {(e["bound"], frozenset((e["a"], e["b"]))): e for e in rep["paired"]}
+    assert {(b, frozenset(p)) for b, p in pairs} == {(b, frozenset(p)) for b in ("elbo", "tightest")
+                                                     for p in [("vae", "hvae-td"), ("vae", "vdm"), ("hvae-td", "vdm")]}
+    for (bound, _), e in pairs.items():
+        assert e["delta"] >= 0 and e["se"] > 0 and e["n"] == {"elbo": 64, "tightest": 4 if "vdm" in (e["a"], e["b"]) else 8}[bound]
+    elbo = {r["model"]: r["elbo"] for r in rep["rows"]}
+    e = pairs[("elbo", frozenset(("vae", "vdm")))]
+    assert e["delta"] == pytest.approx(abs(elbo["vae"] - elbo["vdm"]), rel=1e-6)  # Δ of the means = mean of the Δs
+    assert "## Paired differences" in md
     for f in ["elbo_curves.png", "breakdown.png", "samples_vae.png", "reconstructions_vdm.png"]:
         assert _is_png(out / f), f
 
