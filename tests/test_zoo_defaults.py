@@ -1,0 +1,46 @@
+"""Defaults that win: each zoo class's constructor defaults and training recipe are its family's
+winner in the validation search recorded in docs/results-search.json (the search that ``make
+results`` runs; every family whose search has finished there)."""
+
+import json
+import os
+
+import pytest
+import torch
+
+from hlvm.registry import build_model, training_defaults
+from hlvm.reports.results import CONFIG_FIELDS, ROWS
+from hlvm.reports.search import final_options
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SEARCHES = json.load(open(os.path.join(ROOT, "docs", "results-search.json")))
+DECIDED = [row for row, s in SEARCHES.items() if "winner" in s]
+
+
+def _architecture(model) -> dict:
+    """Every parameter's and buffer's name and shape, and the class of each submodule: what the
+    constructor options decide."""
+    shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    kinds = {name: type(m).__name__ for name, m in model.named_modules()}
+    return {"shapes": shapes, "modules": kinds}
+
+
+def test_the_vae_bottom_up_and_top_down_searches_have_finished():
+    assert {"vae", "hvae-bu", "hvae-td"} <= set(DECIDED)
+
+
+@pytest.mark.parametrize("row", DECIDED)
+def test_the_zoo_defaults_are_the_search_winner(row):
+    _, model, options, trainer_options = next(r for r in ROWS if r[0] == row)
+    won, trainer = final_options(SEARCHES[row]["winner"], options, trainer_options)
+    kwargs = {k: v for k, v in won.items() if k not in CONFIG_FIELDS}
+    fields = {k: v for k, v in won.items() if k in CONFIG_FIELDS and v is not None}
+    torch.manual_seed(0)
+    winner = build_model(model, (1, 28, 28), "binary", **fields, **kwargs)
+    torch.manual_seed(0)
+    default = build_model(model, (1, 28, 28), "binary")
+    assert _architecture(default) == _architecture(winner)
+    for key, value in kwargs.items():  # options the model keeps as text (merge …) agree too; a schedule's
+        if isinstance(getattr(default, key, None), str):  # class is among the modules compared above
+            assert getattr(default, key) == getattr(winner, key) == value, key
+    assert training_defaults(model) == trainer
