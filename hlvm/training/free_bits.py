@@ -13,6 +13,7 @@ from __future__ import annotations
 import torch
 from pyro.distributions.util import scale_and_mask
 from pyro.infer import TraceMeanField_ELBO
+from pyro.infer import trace_mean_field_elbo as _mean_field
 from torch.distributions import kl_divergence
 
 __all__ = ["FreeBitsELBO"]
@@ -47,5 +48,7 @@ class FreeBitsELBO(TraceMeanField_ELBO):
             n = kl.shape[0] if kl.dim() else 1  # examples in the batch (the outermost batch dim)
             # max(λ n, KL) − KL: the gap up to λ per example, with a gradient that cancels the KL's
             penalty = penalty + torch.relu(self.free_bits * n - kl.sum())
-        # the penalty stays a tensor (no float(): the recorded step traces this code, hlvm.training.compile)
-        return loss + torch.as_tensor(penalty).detach(), surrogate + penalty
+        # the reported loss reads the penalty out as Pyro reads out the ELBO: by the module's torch_item, which
+        # the recorded step (hlvm.training.compile) replaces by the identity, so that its differentiable_loss
+        # differentiates the penalty as loss_and_grads does through the surrogate
+        return loss + _mean_field.torch_item(penalty), surrogate + penalty
