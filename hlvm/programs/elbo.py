@@ -26,6 +26,7 @@ from pyro.poutine.messenger import Messenger
 from torch import nn
 
 from ..diffusion.bound import BoundTerms, diffusion_bound
+from ..diffusion.schedules import InteriorSchedule
 from ..diffusion.timesteps import TimestepSampler
 from ..diffusion.weighting import get_weighting, is_monotone
 from ..validate import check_int
@@ -71,7 +72,9 @@ class DiffusionELBO(Trace_ELBO):
         schedule_objective: ``"elbo"`` (every schedule parameter follows the ELBO) or
             ``"variance"``: a learned monotone schedule's interior minimises the variance of the
             continuous-time diffusion loss while its endpoints follow the ELBO (VDM §5, App. I.1;
-            the loss value is unchanged: only the schedule interior's gradient differs).
+            the loss value is unchanged: only the schedule interior's gradient differs), or
+            ``"auto"``: ``"variance"`` for each continuous-time chain whose schedule has a learned
+            interior, ``"elbo"`` for the others (a default that holds for any T and schedule).
         **kwargs: passed to :class:`pyro.infer.Trace_ELBO` (``num_particles``, …).
 
     The per-example terms of each chain come back with the trace: :meth:`bound_terms`.
@@ -84,8 +87,8 @@ class DiffusionELBO(Trace_ELBO):
                  weighting: str = "elbo", eval_nodes: int = 1000, max_batch: int = 8192,
                  schedule_objective: str = "elbo", **kwargs):
         super().__init__(**kwargs)
-        if schedule_objective not in ("elbo", "variance"):
-            raise ValueError(f"unknown schedule_objective {schedule_objective!r}; expected 'elbo' or 'variance'")
+        if schedule_objective not in ("elbo", "variance", "auto"):
+            raise ValueError(f"unknown schedule_objective {schedule_objective!r}; expected 'elbo', 'variance' or 'auto'")
         self.schedule_objective = schedule_objective
         for name, value in (("num_t", num_t), ("eval_nodes", eval_nodes), ("max_batch", max_batch)):
             check_int(name, value, 1)
@@ -151,10 +154,16 @@ class DiffusionELBO(Trace_ELBO):
         terms = diffusion_bound(chain.denoiser, chain.schedule, chain.likelihood, chain.T, y, sampler=sampler,
                                 num_t=self.num_t, exact=self.exact, nodes=self.eval_nodes,
                                 weighting=self.weighting, max_batch=self.max_batch,
-                                variance_schedule=self.schedule_objective == "variance")
+                                variance_schedule=self._variance_objective(chain))
         if sampler is not None:
             sampler.update(terms.t, terms.per_t)
         return terms
+
+    def _variance_objective(self, chain) -> bool:
+        """Whether ``chain``'s schedule interior trains on the loss variance (``schedule_objective``)."""
+        if self.schedule_objective == "auto":
+            return chain.T is None and isinstance(chain.schedule, InteriorSchedule)
+        return self.schedule_objective == "variance"
 
     def bound_terms(self, model, guide, *args, **kwargs) -> dict[str, BoundTerms]:
         """{chain name: BoundTerms} from one draw: the guide traced and the model replayed on it."""

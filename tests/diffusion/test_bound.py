@@ -208,3 +208,24 @@ def test_diffusion_elbo_state_round_trips_with_typed_keys():
     for bad in ({"z/T=four": {}}, {"z": {}}, [1]):
         with pytest.raises(ValueError, match="not a DiffusionELBO state"):
             other.load_state_dict(bad)
+
+
+@pytest.mark.parametrize("T, schedule, expected", [(None, "learned-density", True), (None, "learned-net", True),
+                                                   (8, "learned-density", False), (None, "cosine", False),
+                                                   (None, "learned-linear", False)])
+def test_auto_objective_is_the_variance_objective_where_it_applies(T, schedule, expected):
+    """``schedule_objective="auto"`` (the VDM's training recipe): the variance objective for a
+    continuous-time chain with a learned interior, the ELBO for every other chain — so the recipe
+    holds for any T and schedule, where "variance" is refused."""
+    from hlvm import DiffusionELBO
+    from hlvm.programs.chain import chains_of
+    from models import VDM
+
+    model = VDM((1, 4, 4), T=T, schedule=schedule, width=8, depth=1)
+    (chain,) = chains_of(model)
+    assert DiffusionELBO(schedule_objective="auto")._variance_objective(chain) is expected
+    assert DiffusionELBO(schedule_objective="variance")._variance_objective(chain) is True
+    x = (torch.rand(3, 1, 4, 4) > 0.5).double() if torch.get_default_dtype() == torch.float64 else \
+        (torch.rand(3, 1, 4, 4) > 0.5).float()
+    loss = DiffusionELBO(schedule_objective="auto").differentiable_loss(model.model, model.guide, x)
+    assert torch.isfinite(loss)  # never refused
