@@ -23,7 +23,7 @@ from .programs.contract import check_hierarchy
 from .validate import user_error
 
 __all__ = ["ENTRY_POINT_GROUP", "register", "names", "load_class", "accepts", "model_options", "check_model_options",
-           "build_model", "training_defaults"]
+           "build_model", "training_defaults", "with_training_defaults"]
 
 ENTRY_POINT_GROUP = "hlvm.models"
 _REGISTERED: dict = {}
@@ -134,6 +134,15 @@ def training_defaults(spec: str) -> dict:
     its family's validation search (docs/results.md) — or ``{}``.  ``hlvm train``, ``compare`` and
     ``demo`` use them where the command line does not set the option."""
     return dict(getattr(load_class(spec), "training_defaults", None) or {})
+
+
+def with_training_defaults(cfg, fixed=()):
+    """``cfg`` (a :class:`~hlvm.training.TrainConfig`) with its model's :func:`training_defaults`
+    for every field not in ``fixed`` (the fields the user set)."""
+    from dataclasses import replace
+
+    recipe = {k: v for k, v in training_defaults(cfg.model).items() if k not in fixed}
+    return replace(cfg, **recipe) if recipe else cfg
 
 
 def model_options(spec: str) -> list[str]:

@@ -110,12 +110,10 @@ def config_from(args, model: str, out: str, saved: dict | None = None, recipe: b
     if values.get("threads") is None:
         values["threads"] = default_threads()
     model_kwargs = {**(base.get("model_kwargs") or {}), **parse_options(getattr(args, "model_options", None) or ())}
-    recipe = _recipe(model) if saved is None and recipe else {}
-    values.update({k: v for k, v in recipe.items() if k in given and given[k] is None})
-    estimator_kwargs = recipe.get("estimator_kwargs", {}) if saved is None else saved.get("estimator_kwargs")
-    return TrainConfig(model=model, out=out, progress=not args.no_progress, resume=getattr(args, "resume", False),
-                       overwrite=getattr(args, "overwrite", False), model_kwargs=model_kwargs,
-                       estimator_kwargs=dict(estimator_kwargs or {}), **values)
+    cfg = TrainConfig(model=model, out=out, progress=not args.no_progress, resume=getattr(args, "resume", False),
+                      overwrite=getattr(args, "overwrite", False), model_kwargs=model_kwargs,
+                      estimator_kwargs=dict(base.get("estimator_kwargs") or {}), **values)
+    return _with_recipe(cfg, given_options(args)) if saved is None and recipe else cfg
 
 
 def given_options(args) -> set[str]:
@@ -127,15 +125,15 @@ def given_options(args) -> set[str]:
     return {f.name for f in fields(TrainConfig) if getattr(args, f.name, None) is not None}
 
 
-def _recipe(model: str) -> dict:
-    """The model's training defaults (:func:`hlvm.registry.training_defaults`); ``{}`` for a model
-    that does not load (building it later reports why)."""
-    from hlvm.registry import training_defaults
+def _with_recipe(cfg, fixed: set):
+    """``cfg`` with its model's training defaults (:func:`hlvm.registry.with_training_defaults`);
+    unchanged for a model that does not load (building it later reports why)."""
+    from hlvm.registry import with_training_defaults
 
     try:
-        return training_defaults(model)
+        return with_training_defaults(cfg, fixed)
     except ValueError:
-        return {}
+        return cfg
 
 
 def _saved_config(out: str, resume: bool) -> dict | None:

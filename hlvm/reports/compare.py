@@ -19,7 +19,7 @@ import json
 import math
 import os
 import re
-from dataclasses import replace
+from dataclasses import fields, replace
 
 import torch
 
@@ -29,7 +29,7 @@ from ..eval.scores import own_bounds, score
 from ..training.checks import check_compare_options, writable_folder
 from ..training import EvaluationFailed, TrainConfig, Trainer, WARMUP_STEPS
 from ..limits import model_label, parse_model
-from ..registry import accepts, build_model, check_model_options, training_defaults
+from ..registry import accepts, build_model, check_model_options, with_training_defaults
 from .files import files_section
 from .per_image import paired_entries, paired_lines
 
@@ -130,10 +130,10 @@ def _run_config(base: TrainConfig, spec: str, options: dict, out: str, eval_exam
     its training defaults (:func:`hlvm.registry.training_defaults`) for the fields not in ``fixed``
     (those the user set; None: the fields ``base`` holds at TrainConfig's defaults) and run folder;
     ``--T`` and ``--layers`` apply to the models that have them."""
-    plain = TrainConfig()
-    recipe = {k: v for k, v in training_defaults(spec).items()
-              if (k not in fixed if fixed is not None else getattr(base, k) == getattr(plain, k))}
-    return replace(base, **recipe, model=spec, model_kwargs=dict(options), out=os.path.join(out, "runs", _tag(spec, options)),
+    if fixed is None:
+        plain = TrainConfig()
+        fixed = {f.name for f in fields(TrainConfig) if getattr(base, f.name) != getattr(plain, f.name)}
+    return replace(with_training_defaults(replace(base, model=spec), fixed), model=spec, model_kwargs=dict(options), out=os.path.join(out, "runs", _tag(spec, options)),
                    eval_examples=min(eval_examples, 500), resume=False, overwrite=True,
                    T=base.T if accepts(spec, "T") else None, layers=base.layers if accepts(spec, "layers") else None)
 
