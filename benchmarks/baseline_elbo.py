@@ -17,8 +17,14 @@ Test ELBO: ``TraceMeanField_ELBO`` (exact Gaussian KL, one-sample reconstruction
 q and p(z) are diagonal Gaussians) averaged over ``--eval-passes`` passes of the test set, in nats
 per image (higher is better) and bits/dim = −ELBO / (784 ln 2); mean ± sd over ``--seeds``.
 
+``--split validation`` trains on the first 50,000 training images and scores the last 10,000
+(:func:`hlvm.data.validation_split`): the place to choose a setting, e.g. a trainer option for the
+``hlvm-train`` row given with ``--train-options ema=0.999`` (the row is then evaluated at the weights
+``hlvm train`` keeps for evaluation: the EMA's when one is kept).
+
     .venv/bin/python benchmarks/baseline_elbo.py [--epochs 10] [--seeds 3] [--threads 2] [--data mnist5k]
-        [--kinds baseline,hlvm-trace,hlvm-meanfield,hlvm-train]
+        [--kinds baseline,hlvm-trace,hlvm-meanfield,hlvm-train] [--split test|validation]
+        [--train-options KEY=VALUE,...]
 """
 
 from __future__ import annotations
@@ -35,7 +41,7 @@ import torch
 from pyro.infer import SVI, Trace_ELBO, TraceMeanField_ELBO
 from torch import nn
 
-from hlvm.data import batches, load_dataset
+from hlvm.data import batches, load_dataset, validation_split
 from models import VAE
 
 
@@ -103,25 +109,44 @@ LABELS = {"baseline": "stock Pyro baseline VAE (tutorial), Trace_ELBO",
           "hlvm-train": "hlvm default VAE, as `hlvm train vae` trains it"}
 
 
-def train_hlvm(data, epochs, seed, device, batch_size):
-    """``hlvm train vae`` with its defaults at this batch size and number of epochs: (model, seconds, steps, loss)."""
+def train_hlvm(data, epochs, seed, device, batch_size, options=None):
+    """``hlvm train vae`` with its defaults (and ``options``, trainer fields) at this batch size and number
+    of epochs: (trainer, seconds, steps, loss)."""
     from hlvm.training import Trainer, TrainConfig
 
     cfg = TrainConfig(model="vae", data=data.name, epochs=epochs, batch_size=batch_size, seed=seed, device=device,
-                      out=tempfile.mkdtemp(prefix="hlvm-baseline-"), progress=False, eval_examples=1000)
+                      out=tempfile.mkdtemp(prefix="hlvm-baseline-"), progress=False, eval_examples=1000,
+                      **(options or {}))
     t0 = time.perf_counter()
     trainer = Trainer(cfg, data)
     result = trainer.fit()
-    return trainer.model, time.perf_counter() - t0, result["steps"], trainer.history[-1]["train_elbo"]
+    return trainer, time.perf_counter() - t0, result["steps"], trainer.history[-1]["train_elbo"]
 
 
-def train_eval(kind, data, epochs, seed, device, batch_size, eval_passes):
+def parse_options(text: str) -> dict:
+    """``"ema=0.999,lr_schedule=cosine"`` → TrainConfig fields (numbers where they parse)."""
+    from hlvm.training import TrainConfig
+
+    out = {}
+    for item in filter(None, text.split(",")):
+        key, sep, value = item.partition("=")
+        if not sep or key not in TrainConfig.__dataclass_fields__:
+            raise SystemExit(f"error: --train-options {item!r}: expected KEY=VALUE with KEY a TrainConfig field")
+        try:
+            out[key] = int(value) if value.lstrip("-").isdigit() else float(value)
+        except ValueError:
+            out[key] = value
+    return out
+
+
+def train_eval(kind, data, epochs, seed, device, batch_size, eval_passes, options=None):
     pyro.clear_param_store()
     pyro.set_rng_seed(seed)
     if kind == "hlvm-train":
-        model, seconds, steps, last = train_hlvm(data, epochs, seed, device, batch_size)
-        return {**evaluate(model, data, device, seed, eval_passes), "train_loss": last, "seconds": seconds,
-                "steps": steps}
+        trainer, seconds, steps, last = train_hlvm(data, epochs, seed, device, batch_size, options)
+        with trainer.ema_weights() as model:  # the weights hlvm evaluates and samples with
+            return {**evaluate(model, data, device, seed, eval_passes), "train_loss": last, "seconds": seconds,
+                    "steps": steps}
     model, elbo = make(kind)
     model = model.to(device)
     svi = SVI(model.model, model.guide, pyro.optim.Adam({"lr": 1e-3}), elbo)
@@ -153,13 +178,16 @@ def evaluate(model, data, device, seed, eval_passes) -> dict:
 def run(args) -> dict:
     device = C.setup(args)
     data = load_dataset(args.data, binarize="static")
+    if args.split == "validation":
+        data = validation_split(data)
+    options = parse_options(args.train_options)
     kinds = args.kinds.split(",")
     if unknown := [k for k in kinds if k not in LABELS]:
         raise SystemExit(f"error: unknown --kinds {unknown}; expected some of {list(LABELS)}")
     runs = {k: [] for k in kinds}
     for s in range(args.seeds):
         for k in kinds:
-            r = train_eval(k, data, args.epochs, args.seed + s, device, args.batch, args.eval_passes)
+            r = train_eval(k, data, args.epochs, args.seed + s, device, args.batch, args.eval_passes, options)
             runs[k].append(r)
             print(f"  seed {args.seed + s}  {LABELS[k]:58s} test ELBO {r['elbo']:9.2f} nats  {r['bpd']:.4f} bpd  "
                   f"({r['seconds']:.1f} s)")
@@ -171,7 +199,7 @@ def run(args) -> dict:
                    "seconds": statistics.mean(r["seconds"] for r in runs[k]), "runs": runs[k]}
     other = next(k for k in ("hlvm-trace", "hlvm-train", "hlvm-meanfield") if k in rows)
     diff = rows[other]["elbo"] - rows["baseline"]["elbo"]
-    res = {"info": C.machine_info(device), "data": data.name, "n_test": int(data.test.shape[0]), "compared": other,
+    res = {"info": C.machine_info(device), "data": data.name, "split": args.split, "train_options": options, "n_test": int(data.test.shape[0]), "compared": other,
            "epochs": args.epochs, "seeds": args.seeds, "batch": args.batch,
            "steps": runs["baseline"][0]["steps"], "eval_passes": args.eval_passes, "rows": rows,
            "hlvm_minus_baseline": diff}
@@ -201,6 +229,9 @@ def main(argv=None):
     p.add_argument("--batch", type=int, default=128)
     p.add_argument("--eval-passes", type=int, default=5)
     p.add_argument("--data", default="mnist5k", help="mnist5k (default) or mnist (full, 60,000 / 10,000)")
+    p.add_argument("--split", choices=("test", "validation"), default="test",
+                   help="score the test set (default) or train on the first 5/6 and score the held-out last 1/6")
+    p.add_argument("--train-options", default="", help="TrainConfig fields for the hlvm-train row, KEY=VALUE,...")
     p.add_argument("--kinds", default="baseline,hlvm-trace,hlvm-meanfield",
                    help=f"comma-separated rows, baseline first: {', '.join(LABELS)}")
     args = p.parse_args(argv)

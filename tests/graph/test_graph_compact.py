@@ -10,7 +10,7 @@ from graph_cases import D
 
 
 def test_compact_graph_keeps_every_edge_between_role_nodes():
-    m = VDM((D,), T=1000, width=8, depth=1)
+    m = VDM((D,), T=1000, schedule="linear", width=8, depth=1)
     G_model, G_guide = _pair_graphs(m.model, m.guide, (example_input(m),), {}, None, lambda s: 5)
     H = compact_graph(G_model)
     assert relations(H) == {"z_T": set(), "z_…T": {"z_T"}, "z_t": {"z_…T"}, "z_s": {"z_t"},

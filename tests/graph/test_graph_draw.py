@@ -30,7 +30,7 @@ def nodes(source):
 
 
 def test_vdm_with_1000_steps_renders_a_bounded_figure():
-    sources = {T: hlvm.render(VDM((D,), T=T, width=8, depth=1)).source for T in (4, 1000)}
+    sources = {T: hlvm.render(VDM((D,), T=T, schedule="linear", width=8, depth=1)).source for T in (4, 1000)}
     assert len(nodes(sources[1000])) == len(nodes(sources[4])) == 15  # 6 chain + x + denoiser | 6 chain + x
     source = sources[1000]
     assert "VDM  (z: T = 1000)" in source
@@ -45,7 +45,7 @@ def test_vdm_with_1000_steps_renders_a_bounded_figure():
 def test_short_or_full_chains_draw_every_site():
     g = hlvm.render(small("vdm"))  # T = 3 < COMPACT_MIN_STEPS
     assert "⋯" not in g.source and g.source.count("z<SUB>3</SUB>") == 2
-    m = VDM((D,), T=6, width=8, depth=1)
+    m = VDM((D,), T=6, schedule="linear", width=8, depth=1)
     full = render_module(m, compact=False).source
     assert "⋯" not in full and len(nodes(full)) == 2 * 7 + 2 + 1  # z_6..z_0 and x twice, the denoiser
 
@@ -109,7 +109,9 @@ def test_cli_renders_all_four_zoo_models(tmp_path, capsys):
     assert written == ["hvae-bu.dot", "hvae-td.dot", "vae.dot", "vdm.dot"]
     assert capsys.readouterr().out.count(".dot") == 4
     vdm = (tmp_path / "docs" / "vdm.dot").read_text()
-    assert "T = 1000" in vdm and len(nodes(vdm)) == 15
+    # the chain's 7 compact sites and x in model and guide, the denoiser, and the default learned schedule's
+    # network node in each graph: 15 for a fixed schedule (test_vdm_with_1000_steps_renders_a_bounded_figure), 17 here
+    assert "T = 1000" in vdm and len(nodes(vdm)) == 17
 
 
 def test_cli_renders_a_user_file_and_the_layers_flag(tmp_path):

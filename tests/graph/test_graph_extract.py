@@ -71,8 +71,10 @@ EXPECTED = {
     "vdm": (
         {**z_chain("z", 3), "x": {"z_0"}},
         {"x": set(), "z_3": {"x"}, "z_2": {"z_3", "x"}, "z_1": {"z_2", "x"}, "z_0": {"z_1", "x"}},
-        {"denoiser": {"z_2", "z_1", "z_0"}},  # VDM's decoder p(x|z_0) has no weights of its own
-        {},
+        # VDM's decoder p(x|z_0) has no weights of its own; the default schedule is learned: γ enters every
+        # step, the decoder (through α_0, σ_0) and every posterior factor, but not the fixed prior of z_T
+        {"denoiser": {"z_2", "z_1", "z_0"}, "schedule": {"z_2", "z_1", "z_0", "x"}},
+        {"schedule": {"z_3", "z_2", "z_1", "z_0"}},
         set(),
     ),
     "user": (
@@ -184,9 +186,9 @@ def test_own_parameters_of_a_pyro_module_are_nodes():
 
 def test_one_parameter_node_per_network_not_per_tensor():
     m = VDM((D,), T=5, width=8, depth=2)
-    assert sum(1 for _ in m.denoiser.parameters()) > 10
+    assert sum(1 for _ in m.denoiser.parameters()) > 10 and sum(1 for _ in m.schedule.parameters()) >= 1
     G_model, _ = pair_graphs(m.model, m.guide, example_input(m))
-    assert [n for n, k in G_model.nodes(data="kind") if k == "module"] == ["module:denoiser"]
+    assert sorted(n for n, k in G_model.nodes(data="kind") if k == "module") == ["module:denoiser", "module:schedule"]
 
 
 def test_rendering_leaves_the_module_and_param_store_untouched():
