@@ -8,10 +8,19 @@ so every sampler is an unbiased estimator of the same diffusion loss.
 * ``uniform``    — i.i.d. t ∼ U(0, 1) (or i ∼ U{1..T}).
 * ``antithetic`` — VDM's low-discrepancy sampler: t_b = (u + b/B) mod 1 with one shared u.
 * ``importance`` — Nichol & Dhariwal's loss-aware sampler: K bins, p_k ∝ sqrt(E[term²]) from a
-  running history, uniform within a bin, weight 1/(K p_k); uniform until every bin has
-  ``warmup`` observations.
+  running history, mixed with the uniform density (a *defensive* mixture, Hesterberg 1995:
+  p_k = (1 − λ) p̃_k + λ/K, λ = ``uniform_share``), uniform within a bin, weight 1/(K p_k);
+  uniform until every bin has ``warmup`` observations.
 
-References: Kingma et al. 2021, Appendix I.2; Nichol & Dhariwal 2021, §3.3.
+.. warning:: Without the defensive share the history feeds on itself: a bin whose first terms were
+    ≈ 0 gets p ≈ 0, is never drawn again, and its history never learns that the model (or a learned
+    schedule) has changed there — the estimate then silently drops that part of the integral.
+    Measured on ``hlvm demo``'s VDM (learned-density schedule, 2,000 steps): 36 of 64 bins starved,
+    training "ELBO" −35.7 nats against −101.05 for the same model scored with stratified times.  With
+    λ = 0.1 every weight is at most 1/λ = 10 and every bin is drawn about every 5 steps at batch 128.
+
+References: Kingma et al. 2021, Appendix I.2; Nichol & Dhariwal 2021, §3.3; Hesterberg,
+*Weighted average importance sampling and defensive mixture distributions*, Technometrics 1995.
 """
 
 from __future__ import annotations
@@ -31,10 +40,13 @@ class TimestepSampler(nn.Module):
     """
 
     def __init__(self, kind: str = "antithetic", T: int | None = None, bins: int = 64, warmup: int = 10,
-                 decay: float = 0.99):
+                 decay: float = 0.99, uniform_share: float = 0.1):
         super().__init__()
         if kind not in SAMPLERS:
             raise ValueError(f"unknown timestep sampler {kind!r}; expected one of {list(SAMPLERS)}")
+        if not 0 < uniform_share <= 1:
+            raise ValueError(f"uniform_share must be in (0, 1] (the defensive mixture's weight), got {uniform_share!r}")
+        self.uniform_share = uniform_share
         if T is not None and T < 1:
             raise ValueError(f"T must be >= 1 or None (continuous time), got {T}")
         self.kind, self.T = kind, T
@@ -57,8 +69,8 @@ class TimestepSampler(nn.Module):
         """Return ``(t, weight)`` of shape (n,)."""
         if self.kind == "importance" and bool((self.count >= self.warmup).all()):
             p = self.sq_mean.sqrt()
-            p = (p / p.sum()).clamp_min(1e-12)
-            p = p / p.sum()
+            p = p / p.sum() if bool(p.sum() > 0) else torch.full_like(p, 1.0 / self.bins)
+            p = (1 - self.uniform_share) * p + self.uniform_share / self.bins  # defensive: p_k ≥ λ/K
             k = torch.multinomial(p.to(device=device), n, replacement=True, generator=generator)
             w = (1.0 / (self.bins * p.to(device=device)[k])).to(dtype)
             u = torch.rand(n, device=device, dtype=dtype, generator=generator)

@@ -54,11 +54,12 @@ def scoring_elbo(model, elbo):
     :data:`ELBO_NODES` stratified nodes in γ per example (VDM eq. 17 integrated over γ; random
     per-example offsets keep it unbiased).  One (t, ε) draw per image leaves Monte Carlo noise far
     above the spread between images — measured on ``hlvm demo``'s VDM (1,000 images): SE 6.70
-    nats with one draw, 0.98 with 32 nodes, 6 s of one core."""
+    nats with one draw, 0.98 with 32 nodes, 6 s of one core.  Any other :class:`DiffusionELBO` is
+    scored :meth:`~hlvm.programs.elbo.DiffusionELBO.for_evaluation` (no importance-sampled times)."""
     continuous = any(c.T is None for c in chains_of(model))
     if isinstance(elbo, DiffusionELBO) and continuous and not elbo.exact and elbo.is_elbo:
         return DiffusionELBO(exact=True, eval_nodes=ELBO_NODES, max_batch=elbo.max_batch)
-    return elbo
+    return elbo.for_evaluation() if isinstance(elbo, DiffusionELBO) else elbo
 
 
 @dataclass

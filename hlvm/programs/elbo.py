@@ -113,6 +113,17 @@ class DiffusionELBO(Trace_ELBO):
         module.owners = nn.ModuleList(owners)
         return module
 
+    def for_evaluation(self) -> "DiffusionELBO":
+        """This bound for scoring: itself, or — when it draws t by importance — the same bound with
+        antithetic times.  An importance sampler's proposal follows its training history (and is
+        updated by what it scores); an evaluation should depend on the model alone, and the
+        antithetic estimator's weights are all 1 (no heavy tail)."""
+        if self.sampler_kind != "importance":
+            return self
+        return DiffusionELBO(sampler="antithetic", num_t=self.num_t, exact=self.exact, weighting=self.weighting_name,
+                             eval_nodes=self.eval_nodes, max_batch=self.max_batch,
+                             num_particles=self.num_particles, max_plate_nesting=self.max_plate_nesting)
+
     @property
     def is_elbo(self) -> bool:
         """True only for the identity weighting."""

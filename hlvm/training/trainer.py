@@ -246,10 +246,13 @@ class Trainer:
 
     def evaluate_test(self, n: int | None = None, batch_size: int = 250) -> dict:
         """Test ELBO (nats per example and bits/dim) on the first ``n`` test examples, by
-        :func:`hlvm.evaluate` (EMA weights when EMA is on)."""
+        :func:`hlvm.evaluate` (EMA weights when EMA is on; a diffusion bound with antithetic, not
+        importance-sampled, times: :meth:`~hlvm.programs.elbo.DiffusionELBO.for_evaluation`)."""
         n = min(n or self.cfg.eval_examples, self.data.test.shape[0])
+        bound = self.bound_estimator
+        bound = bound.for_evaluation() if isinstance(bound, DiffusionELBO) else bound  # not the training sampler
         with self.ema_weights():
-            ev = evaluate(self.model, self.data.test[:n], elbo=self.bound_estimator, batch_size=batch_size,
+            ev = evaluate(self.model, self.data.test[:n], elbo=bound, batch_size=batch_size,
                           seed=self.cfg.seed + 1)
         return {"elbo": ev["elbo"], "bpd": ev["bpd"], "terms": elbo_terms(ev)}
 

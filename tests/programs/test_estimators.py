@@ -357,6 +357,25 @@ def test_importance_sampler_is_unbiased_continuous(history):
         assert v.var() < 0.05 * u.var(), (v.var(), u.var())
 
 
+def test_importance_sampler_keeps_drawing_bins_whose_history_is_zero():
+    """A defensive mixture: a bin whose recorded terms were all 0 (the low-noise end of a fresh VDM)
+    is still drawn, so the estimate keeps covering it — the history without the uniform share gave
+    those bins p ≈ 0, and the mean of w·1 was 0.5 instead of 1 (half of the integral silently lost)."""
+    s = TimestepSampler("importance", T=None)
+    s.count.fill_(s.warmup)
+    s.sq_mean[: s.bins // 2] = 0.0  # stale zeros in the first half
+    s.sq_mean[s.bins // 2:] = 1.0
+    n = 200_000
+    t, w = s(n, dtype=torch.float64)
+    assert w.max() <= 1 / s.uniform_share + 1e-9
+    early = (t < 0.5).double().mean().item()
+    assert abs(early - s.uniform_share / 2) < 0.005  # λ/K per starved bin, 32 bins
+    mean, se = w.mean().item(), w.std().item() / math.sqrt(n)
+    assert abs(mean - 1.0) < Z_SE * se, (mean, se)
+    with pytest.raises(ValueError, match="uniform_share"):
+        TimestepSampler("importance", uniform_share=0.0)
+
+
 def test_importance_sampler_is_unbiased_discrete():
     T = 7
     s = TimestepSampler("importance", T=T)
