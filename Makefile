@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test install graphviz bench render results clean
+.PHONY: demo test install graphviz bench render results continuum clean
 
 $(STAMP): pyproject.toml constraints.txt
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "error: $(PYTHON) not found (see .python-version)"; exit 2; }
@@ -44,6 +44,10 @@ bench: install
 # `make results DEVICE=cuda` runs the GPU profile.
 results: install
 	$(VENV)/bin/hlvm results $(if $(filter cuda,$(DEVICE)),--profile gpu --device cuda,--profile cpu)
+
+# The continuum (long, never in CI; resumable): VAE → deeper HVAEs → diffusion → docs/continuum.md.
+continuum: install
+	$(VENV)/bin/hlvm continuum --profile cpu $(if $(THREADS),--threads $(THREADS))
 
 render: install
 	$(VENV)/bin/hlvm render all --out docs --format png

@@ -198,15 +198,16 @@ def run(args) -> dict:
                    "bpd": statistics.mean(r["bpd"] for r in runs[k]),
                    "seconds": statistics.mean(r["seconds"] for r in runs[k]), "runs": runs[k]}
     other = next(k for k in ("hlvm-trace", "hlvm-train", "hlvm-meanfield") if k in rows)
-    diff = rows[other]["elbo"] - rows["baseline"]["elbo"]
+    diff = rows[other]["elbo"] - rows["baseline"]["elbo"] if "baseline" in rows else None
     res = {"info": C.machine_info(device), "data": data.name, "split": args.split, "train_options": options, "n_test": int(data.test.shape[0]), "compared": other,
            "epochs": args.epochs, "seeds": args.seeds, "batch": args.batch,
-           "steps": runs["baseline"][0]["steps"], "eval_passes": args.eval_passes, "rows": rows,
+           "steps": runs[kinds[0]][0]["steps"], "eval_passes": args.eval_passes, "rows": rows,
            "hlvm_minus_baseline": diff}
     print(f"\nTest ELBO after {args.epochs} epochs ({res['steps']} steps, batch {args.batch}), mean ± sd over {args.seeds} seed(s):")
     for k, r in rows.items():
         print(f"  {r['label']:58s} {r['elbo']:9.2f} ± {r['elbo_sd']:.2f} nats   {r['bpd']:.4f} bits/dim")
-    print(f"  {LABELS[other]} − baseline: {diff:+.2f} nats")
+    if diff is not None:
+        print(f"  {LABELS[other]} − baseline: {diff:+.2f} nats")
     return res
 
 

@@ -37,8 +37,8 @@ class VDM(PyroModule):
     is trained to minimise the estimator's variance, Kingma et al. 2021, §5.2) — and the training
     recipe (:attr:`training_defaults`: the schedule's variance objective where it applies, and
     loss-aware importance sampling of t, Nichol & Dhariwal 2021, §3.3) won the family's validation
-    search on full MNIST (docs/results.md): by 3.15 ± 0.40 nats of validation ELBO over the cosine
-    schedule and 5.61 over the same schedule with antithetic t (the linear schedule, the default
+    search on full MNIST (docs/results.md): by 1.00 ± 0.40 nats of validation ELBO over the cosine
+    schedule and 3.46 over the same schedule with antithetic t (the linear schedule, the default
     before the search, trails cosine by 5.9 nats in docs/schedule_variance.json).
 
     Args:

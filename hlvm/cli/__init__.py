@@ -12,7 +12,7 @@ import sys
 
 __all__ = ["main", "CLIError", "COMMANDS"]
 
-COMMANDS = ("demo", "train", "compare", "sample", "render", "results", "evaluate")
+COMMANDS = ("demo", "train", "compare", "sample", "render", "results", "evaluate", "continuum")
 
 
 class CLIError(Exception):

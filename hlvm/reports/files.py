@@ -1,11 +1,22 @@
-"""Links from a report to every file written beside it (``hlvm compare``'s ``report.md``)."""
+"""Links from a report to every file written beside it (``hlvm compare``'s ``report.md``), and the
+atomic JSON write every long job saves its progress with."""
 
 from __future__ import annotations
 
+import json
 import os
 from urllib.parse import quote
 
-__all__ = ["files_written", "files_section"]
+__all__ = ["files_written", "files_section", "save_json"]
+
+
+def save_json(path: str, payload: dict) -> None:
+    """Write ``payload`` to ``path`` atomically (a temporary file, then ``os.replace``): an
+    interrupted job leaves the previous file whole."""
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w") as f:
+        json.dump(payload, f, indent=1, default=float)
+    os.replace(tmp, path)
 
 
 def files_written(folder: str, exclude: tuple[str, ...] = ("report.md",)) -> list[str]:

@@ -27,6 +27,7 @@ import torch
 from ..eval.scores import score
 from .page import write_page
 from .per_image import load_row_values, paired_entries, save_row_values
+from .files import save_json
 from .search import final_options, run_search, score_config, space_of
 
 __all__ = ["Profile", "PROFILES", "ROWS", "CONFIG_FIELDS", "run_results", "train_config"]
@@ -114,13 +115,6 @@ def _commit() -> str:
         return "unknown"
 
 
-def _save_json(path: str, payload: dict) -> None:
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w") as f:
-        json.dump(payload, f, indent=1, default=float)
-    os.replace(tmp, path)
-
-
 def run_results(profile: str = "cpu", out: str = "docs", runs: str = "runs/results", device: str | None = None,
                 threads: int | None = None, log=print) -> dict:
     """Train and evaluate every row of :data:`ROWS` under ``profile``; write ``out/results.{json,md}``.
@@ -154,10 +148,10 @@ def run_results(profile: str = "cpu", out: str = "docs", runs: str = "runs/resul
             continue
         entry = _run_row(job, *row, search=searches[row[0]])
         done["rows"] = [r for r in done["rows"] if not (r.get("row") == row[0] and r.get("profile") == profile)] + [entry]
-        _save_json(stem + ".json", done)
+        save_json(stem + ".json", done)
     mine = [r["row"] for r in done["rows"] if r.get("profile") == profile]
     done["paired"] = paired_entries(load_row_values(stem, mine))  # every pair of rows, on the same images
-    _save_json(stem + ".json", done)
+    save_json(stem + ".json", done)
     write_page(done, profile, stem + ".md", [name for name, *_ in ROWS])
     return done
 
