@@ -112,11 +112,13 @@ LABELS = {"baseline": "stock Pyro baseline VAE (tutorial), Trace_ELBO",
 def train_hlvm(data, epochs, seed, device, batch_size, options=None):
     """``hlvm train vae`` with its defaults (and ``options``, trainer fields) at this batch size and number
     of epochs: (trainer, seconds, steps, loss)."""
+    from hlvm.registry import with_training_defaults
     from hlvm.training import Trainer, TrainConfig
 
     cfg = TrainConfig(model="vae", data=data.name, epochs=epochs, batch_size=batch_size, seed=seed, device=device,
                       out=tempfile.mkdtemp(prefix="hlvm-baseline-"), progress=False, eval_examples=1000,
                       **(options or {}))
+    cfg = with_training_defaults(cfg, fixed=set(options or {}))  # the model's recipe, as `hlvm train` applies it
     t0 = time.perf_counter()
     trainer = Trainer(cfg, data)
     result = trainer.fit()

@@ -106,6 +106,21 @@ def test_record_is_frozen_and_train_returns_the_fit_result(tmp_path, digits):
     assert t.result is not None and t.result["steps"] == 2 and t.result["losses"] == t.losses
 
 
+def test_the_ema_decay_warms_up_with_the_step(tmp_path, digits):
+    """θ̄ after n updates: each with d_n = min(d, (1 + n)/(10 + n)), n counted from the first update —
+    recomputed here from the live weights after every step."""
+    t = Trainer(_cfg(tmp_path, steps=4, ema=0.999), digits)
+    expect = {k: v.clone() for k, v in t.model.state_dict().items()}
+    for n in range(1, 5):
+        t._train_step()
+        d = min(0.999, (1 + n) / (10 + n))
+        for k, v in t.model.state_dict().items():
+            if v.dtype.is_floating_point:
+                expect[k] = d * expect[k] + (1 - d) * v
+        assert all(torch.allclose(t.ema.shadow[k], expect[k], atol=1e-6) for k in expect)
+    assert t.ema.decay_at(None) == 0.999 and t.ema.decay_at(10 ** 6) == 0.999
+
+
 def test_ema_weights_are_evaluated_without_touching_the_live_weights(tmp_path, digits):
     t = Trainer(_cfg(tmp_path, steps=3, ema=0.5), digits)
     t.fit()

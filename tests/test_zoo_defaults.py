@@ -19,6 +19,12 @@ SEARCHES = json.load(open(os.path.join(ROOT, "docs", "results-search.json")))
 DECIDED = [row for row, s in SEARCHES.items() if "winner" in s]
 
 
+#: recipe entries chosen by a validation study of their own, beside the family's search:
+#: {row: ({option: value}, the study's JSON files: (with the option, without it))}
+STUDIES = {"vae": ({"ema": 0.999}, ("benchmarks/results/pyro_example_vae_validation_ema_0_999.json",
+                                     "benchmarks/results/pyro_example_vae_validation_default.json"))}
+
+
 def _architecture(model) -> dict:
     """Every parameter's and buffer's name and shape, and the class of each submodule: what the
     constructor options decide."""
@@ -51,4 +57,16 @@ def test_the_zoo_defaults_are_the_search_winner(row):
         chains = chains_of(default)
         applies = all(c.T is None and isinstance(c.schedule, InteriorSchedule) for c in chains)
         recipe["estimator_kwargs"] = {**kwargs_, "schedule_objective": "variance" if applies else "elbo"}
-    assert recipe == trainer
+    extra = STUDIES.get(row, ({}, ()))[0]
+    assert recipe == {**trainer, **extra}
+
+
+@pytest.mark.parametrize("row", sorted(STUDIES))
+def test_a_recipe_entry_beyond_the_search_won_its_validation_study(row):
+    """Each such entry was measured on the validation split (never the test set) and beat the
+    recipe without it there."""
+    option, (won, lost) = STUDIES[row]
+    won, lost = (json.load(open(os.path.join(ROOT, f))) for f in (won, lost))
+    assert won["split"] == lost["split"] == "validation" and won["train_options"] == option
+    assert lost["train_options"] == {} and won["epochs"] == lost["epochs"]
+    assert won["rows"]["hlvm-train"]["elbo"] > lost["rows"]["hlvm-train"]["elbo"]

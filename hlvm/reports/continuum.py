@@ -72,7 +72,8 @@ class ContinuumProfile:
 
 
 PROFILES = {
-    # ≤ 2 hours on 2 cores for 4 HVAE families × 6 depths + 7 VDM points (measured: docs/continuum.md)
+    # meant to fit ≤ 2 hours on 2 cores for 4 HVAE families × 6 depths + 7 VDM points; not yet timed (its
+    # first run records each point's seconds in docs/continuum.json: adjust epochs / K from those)
     "cpu": ContinuumProfile("cpu"),
     "smoke": ContinuumProfile("smoke", data="digits", epochs=None, steps=6, batch_size=32, hidden=16, depths=(1, 2),
                               K=4, iwae_examples=8, elbo_examples=16, pfode_examples=2, threads=1,

@@ -339,7 +339,7 @@ class Trainer:
         self.step += 1
         self.losses.append(record.loss)
         if self.ema is not None:
-            self.ema.update(self.model)
+            self.ema.update(self.model, self.step)  # the decay warms up with the step: resumes exactly
         return replace(record, seconds=time.perf_counter() - start)
 
     def _update(self, x: torch.Tensor) -> StepRecord:

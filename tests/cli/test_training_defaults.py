@@ -66,11 +66,11 @@ def test_each_model_of_a_comparison_gets_its_own_recipe(recipe_model, tmp_path):
     runs = {d: _config(out / "runs" / d) for d in os.listdir(out / "runs")}
     vae = next(c for d, c in runs.items() if d.startswith("vae"))
     mine = next(c for d, c in runs.items() if not d.startswith("vae"))
-    assert (vae["kl_warmup"], vae["free_bits"]) == (0, 0.0)
+    assert (vae["kl_warmup"], vae["free_bits"], vae["ema"]) == (0, 0.0, 0.999)  # the VAE's recipe is its own
     assert (mine["kl_warmup"], mine["free_bits"]) == (7, 0.25)
     report = json.loads((out / "report.json").read_text())
     trained = {r["model"]: r["training"] for r in report["rows"]}
-    assert trained["vae"] == {} and trained[recipe_model] == {"kl_warmup": 7, "free_bits": 0.25, "lr_schedule": "cosine"}
+    assert trained["vae"] == {"ema": 0.999} and trained[recipe_model] == {"kl_warmup": 7, "free_bits": 0.25, "lr_schedule": "cosine"}
     assert f"* {recipe_model} trained with kl_warmup=7, free_bits=0.25, lr_schedule=cosine." in (out / "report.md").read_text()
     code, _, err = run(["compare", *COMPARE, "--models", f"vae,{recipe_model}", "--out", str(out), "--free-bits", "0"])
     assert code == 0, err
