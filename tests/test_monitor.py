@@ -105,6 +105,21 @@ def test_metrics_survive_resume_without_duplicate_steps(tmp_path):
     assert {r["step"]: r["loss"] for r in again if r["kind"] == "train"} == loss  # exact resume
 
 
+def test_a_resumed_runs_step_seconds_cover_every_segment(tmp_path):
+    """The results page's training time: the first segment's steps count too (a resumed process's own
+    timer sees only the last)."""
+    from hlvm.training.monitor import run_step_seconds
+
+    run = tmp_path / "run"
+    _run(run, 3)
+    first = run_step_seconds(str(run))
+    _run(run, 6, resume=True)
+    records = [r for r in read_metrics(str(run)) if r["kind"] == "train"]
+    assert len(records) == 6 and first > 0
+    assert run_step_seconds(str(run)) == pytest.approx(sum(r["step_seconds"] for r in records))
+    assert run_step_seconds(str(run)) > first and run_step_seconds(str(tmp_path / "none")) == 0.0
+
+
 def test_new_run_starts_a_new_metrics_file(tmp_path):
     _run(tmp_path, 3)
     _run(tmp_path, 2, overwrite=True)  # a new run replacing the old one in the same folder

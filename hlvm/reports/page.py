@@ -44,7 +44,8 @@ def write_page(results: dict, profile: str, path: str, order=()) -> None:
     lines = [f"# Results on {rows[0]['dataset'] if rows else 'MNIST'} ({profile} profile)", "",
              "Produced by `make results` (`hlvm.reports.results`); every number is a lower bound on log p(x) of its row's model, "
              "nats per image (NLL ≤ −bound), from the run named in its row. Protocol: 60,000 training images dynamically "
-             "binarized, the 10,000 test images binarized once (seed `MNIST_TEST_SEED`)"
+             "binarized, the 10,000 test images binarized once (seed `MNIST_TEST_SEED`); train s: the training steps' seconds summed over every "
+             "segment of a resumed run"
              + ("; settings chosen on held-out training images (below), never on the test set." if searches else "."), "",
              "| row | test ELBO | bits/dim | IWAE (K, images) | PF-ODE bound (images) | k̂ max | k̂ > 0.7 | active units | "
              "epochs | train s | eval s | threads | device | commit |",

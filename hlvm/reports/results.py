@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ..eval.scores import score
+from ..training.monitor import run_step_seconds
 from .page import write_page
 from .per_image import load_row_values, paired_entries, save_row_values
 from .files import save_json
@@ -178,6 +179,7 @@ def _run_row(job: _Job, row: str, model: str, options: dict, trainer_options: di
     if search is not None:
         options, trainer_options = final_options(search["winner"], options, trainer_options)
     trainer, cfg, result, train_seconds = _train_row(job, row, model, options, trainer_options)
+    train_seconds = run_step_seconds(cfg.out) or train_seconds  # every segment of a resumed run, not the last
     with trainer.ema_weights():  # the EMA weights when EMA is on; the live ones are back afterwards
         entry = _scored_row(job, row, model, trainer, cfg, result, train_seconds, trainer_options)
     entry["search"] = search

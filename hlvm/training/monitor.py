@@ -26,7 +26,7 @@ from typing import Callable
 
 import torch
 
-__all__ = ["METRICS", "RunMonitor", "MetricsFile", "elbo_terms", "line_mode", "read_metrics", "auto_log_every",
+__all__ = ["METRICS", "RunMonitor", "MetricsFile", "elbo_terms", "line_mode", "read_metrics", "run_step_seconds", "auto_log_every",
            "sample_grid"]
 
 METRICS = "metrics.jsonl"
@@ -67,6 +67,13 @@ def read_metrics(folder: str) -> list[dict]:
     except json.JSONDecodeError:
         pass
     return records
+
+
+def run_step_seconds(folder: str) -> float:
+    """The seconds a run's training steps took, summed over every segment of a resumed run (each
+    step's ``step_seconds`` in the metrics file; periodic evaluations excluded) — the wall-clock of a
+    run that one process's timer cannot give once the run was resumed.  0 without a metrics file."""
+    return float(sum(r.get("step_seconds", 0.0) for r in read_metrics(folder) if r.get("kind") == "train"))
 
 
 class MetricsFile:
