@@ -50,11 +50,13 @@ _OPEN, _CLOSE = "([{", ")]}"
 
 
 class _Words(ast.NodeTransformer):
-    """true / false / none in any case as the Python constants."""
+    """true / false / none and inf / nan in any case as the Python constants (also inside a tuple or
+    list: ``(none,inf)``, which is how :func:`format_value` writes ``(None, float('inf'))``)."""
 
     def visit_Name(self, node):
-        if node.id.lower() in _WORDS:
-            return ast.copy_location(ast.Constant(_WORDS[node.id.lower()]), node)
+        word = node.id.lower()
+        if word in _WORDS or word in _FLOATS:
+            return ast.copy_location(ast.Constant(_WORDS[word] if word in _WORDS else _FLOATS[word]), node)
         return node
 
 

@@ -100,6 +100,13 @@ VALUES = st.one_of(SCALARS, st.tuples(SCALARS, SCALARS), st.lists(st.integers(),
                    st.tuples(st.integers()))
 
 
+def test_inf_inside_a_tuple_reads_back_as_a_float():
+    """Found by the property below: ``(None, inf)`` was written ``(None,inf)`` and read back as text."""
+    for value in [(None, float("inf")), (float("-inf"), 1), [float("inf")]]:
+        assert parse_value(format_value(value)) == value
+    assert parse_value("(1,NaN)")[1] != parse_value("(1,NaN)")[1]  # nan, not the text
+
+
 @settings(max_examples=200, deadline=None, derandomize=True)
 @given(value=VALUES)
 def test_a_formatted_value_reads_back_as_itself(value):
