@@ -109,13 +109,13 @@ LABELS = {"baseline": "stock Pyro baseline VAE (tutorial), Trace_ELBO",
           "hlvm-train": "hlvm default VAE, as `hlvm train vae` trains it"}
 
 
-def train_hlvm(data, epochs, seed, device, batch_size, options=None):
+def train_hlvm(data, epochs, seed, device, batch_size, options=None, model="vae"):
     """``hlvm train vae`` with its defaults (and ``options``, trainer fields) at this batch size and number
     of epochs: (trainer, seconds, steps, loss)."""
     from hlvm.registry import with_training_defaults
     from hlvm.training import Trainer, TrainConfig
 
-    cfg = TrainConfig(model="vae", data=data.name, epochs=epochs, batch_size=batch_size, seed=seed, device=device,
+    cfg = TrainConfig(model=model, data=data.name, epochs=epochs, batch_size=batch_size, seed=seed, device=device,
                       out=tempfile.mkdtemp(prefix="hlvm-baseline-"), progress=False, eval_examples=1000,
                       **(options or {}))
     cfg = with_training_defaults(cfg, fixed=set(options or {}))  # the model's recipe, as `hlvm train` applies it
@@ -141,11 +141,11 @@ def parse_options(text: str) -> dict:
     return out
 
 
-def train_eval(kind, data, epochs, seed, device, batch_size, eval_passes, options=None):
+def train_eval(kind, data, epochs, seed, device, batch_size, eval_passes, options=None, model="vae"):
     pyro.clear_param_store()
     pyro.set_rng_seed(seed)
     if kind == "hlvm-train":
-        trainer, seconds, steps, last = train_hlvm(data, epochs, seed, device, batch_size, options)
+        trainer, seconds, steps, last = train_hlvm(data, epochs, seed, device, batch_size, options, model)
         with trainer.ema_weights() as model:  # the weights hlvm evaluates and samples with
             return {**evaluate(model, data, device, seed, eval_passes), "train_loss": last, "seconds": seconds,
                     "steps": steps}
@@ -184,12 +184,15 @@ def run(args) -> dict:
         data = validation_split(data)
     options = parse_options(args.train_options)
     kinds = args.kinds.split(",")
+    if args.model != "vae":  # a validation study of another zoo model: its row says which
+        LABELS["hlvm-train"] = f"hlvm default {args.model}, as `hlvm train {args.model}` trains it"
     if unknown := [k for k in kinds if k not in LABELS]:
         raise SystemExit(f"error: unknown --kinds {unknown}; expected some of {list(LABELS)}")
     runs = {k: [] for k in kinds}
     for s in range(args.seeds):
         for k in kinds:
-            r = train_eval(k, data, args.epochs, args.seed + s, device, args.batch, args.eval_passes, options)
+            r = train_eval(k, data, args.epochs, args.seed + s, device, args.batch, args.eval_passes, options,
+                           args.model)
             runs[k].append(r)
             print(f"  seed {args.seed + s}  {LABELS[k]:58s} test ELBO {r['elbo']:9.2f} nats  {r['bpd']:.4f} bpd  "
                   f"({r['seconds']:.1f} s)")
@@ -201,7 +204,7 @@ def run(args) -> dict:
                    "seconds": statistics.mean(r["seconds"] for r in runs[k]), "runs": runs[k]}
     other = next(k for k in ("hlvm-trace", "hlvm-train", "hlvm-meanfield") if k in rows)
     diff = rows[other]["elbo"] - rows["baseline"]["elbo"] if "baseline" in rows else None
-    res = {"info": C.machine_info(device), "data": data.name, "split": args.split, "train_options": options, "n_test": int(data.test.shape[0]), "compared": other,
+    res = {"info": C.machine_info(device), "data": data.name, "split": args.split, "train_options": options, "model": args.model, "n_test": int(data.test.shape[0]), "compared": other,
            "epochs": args.epochs, "seeds": args.seeds, "batch": args.batch,
            "steps": runs[kinds[0]][0]["steps"], "eval_passes": args.eval_passes, "rows": rows,
            "hlvm_minus_baseline": diff}
@@ -235,6 +238,8 @@ def main(argv=None):
     p.add_argument("--split", choices=("test", "validation"), default="test",
                    help="score the test set (default) or train on the first 5/6 and score the held-out last 1/6")
     p.add_argument("--train-options", default="", help="TrainConfig fields for the hlvm-train row, KEY=VALUE,...")
+    p.add_argument("--model", default="vae", help="the zoo model of the hlvm-train row (default vae; another is "
+                   "a validation study of a trainer option for it, e.g. --model hvae-td --train-options ema=0.999)")
     p.add_argument("--kinds", default="baseline,hlvm-trace,hlvm-meanfield",
                    help=f"comma-separated rows, baseline first: {', '.join(LABELS)}")
     args = p.parse_args(argv)
