@@ -22,7 +22,9 @@ DECIDED = [row for row, s in SEARCHES.items() if "winner" in s]
 #: recipe entries chosen by a validation study of their own, beside the family's search:
 #: {row: ({option: value}, the study's JSON files: (with the option, without it))}
 STUDIES = {"vae": ({"ema": 0.999}, ("docs/studies/pyro_example_vae_validation_ema_0_999.json",
-                                     "docs/studies/pyro_example_vae_validation_default.json"))}
+                                     "docs/studies/pyro_example_vae_validation_default.json")),
+           "hvae-td": ({"ema": 0.999}, ("docs/studies/hvae_td_validation_ema_0_999.json",
+                                         "docs/studies/hvae_td_validation_default.json"))}
 
 
 def _architecture(model) -> dict:
@@ -68,6 +70,7 @@ def test_a_recipe_entry_beyond_the_search_won_its_validation_study(row):
     option, (won, lost) = STUDIES[row]
     won, lost = (json.load(open(os.path.join(ROOT, f))) for f in (won, lost))
     assert won["split"] == lost["split"] == "validation" and won["train_options"] == option
+    assert won.get("model", "vae") == lost.get("model", "vae") == next(r[1] for r in ROWS if r[0] == row)
     assert lost["train_options"] == {} and won["epochs"] == lost["epochs"]
     assert won["rows"]["hlvm-train"]["elbo"] > lost["rows"]["hlvm-train"]["elbo"]
 
