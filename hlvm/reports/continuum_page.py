@@ -111,42 +111,30 @@ def findings(result: dict, values: dict | None = None) -> list[str]:
     pts, out, values = result["points"], [], values or {}
     depths = sorted({e["L"] for e in pts if e["L"] is not None})
 
-    def gap(a, b, L):
-        """Δ ± SE of the tightest bounds of points (a, L) and (b, L): paired where both have
-        per-image values of the same bound."""
-        ea, eb = _at(pts, a, L), _at(pts, b, L)
-        if ea is None or eb is None:
-            return None
-        va, vb, bound = values.get(key(a, L)), values.get(key(b, L)), ea["bound_type"]
-        if va and vb and bound == eb["bound_type"] and bound in va and bound in vb:
-            n = min(len(va[bound]), len(vb[bound]))
-            d = paired_difference(va[bound][:n], vb[bound][:n])
+    def diff(ea, eb, bound):
+        """Δ ± SE of ``bound`` ("elbo", or each point's tightest) between points ea and eb: paired where
+        both have per-image values of the same bound, else unpaired."""
+        va, vb = values.get(key(ea["family"], ea["L"])), values.get(key(eb["family"], eb["L"]))
+        col = ea["bound_type"] if bound == "tightest" else "elbo"
+        if va and vb and (bound == "elbo" or col == eb["bound_type"]) and col in va and col in vb:
+            n = min(len(va[col]), len(vb[col]))
+            d = paired_difference(va[col][:n], vb[col][:n])
             return d["delta"], d["se"]
-        return ea["bound"] - eb["bound"], math.hypot(ea["se"], eb["se"])
+        v, se = ("bound", "se") if bound == "tightest" else ("elbo", "elbo_se")
+        return ea[v] - eb[v], math.hypot(ea[se], eb[se])
 
     for a, b, what in (("hvae", "diffusion", "the learned posterior over the fixed diffusion posterior"),
                        ("hvae", "hvae-shared", "a network per layer over one shared network"),
                        ("diffusion-denoiser", "diffusion", "denoiser over Gaussian transitions (fixed posterior)")):
-        rows = [(L, gap(a, b, L)) for L in depths]
-        rows = [(L, g) for L, g in rows if g is not None]
-        if rows:
-            text = ", ".join(f"L = {L}: {d:+.2f} ± {s:.2f}" for L, (d, s) in rows)
+        rows = [(L, _at(pts, a, L), _at(pts, b, L)) for L in depths]
+        text = ", ".join("L = {}: {:+.2f} ± {:.2f}".format(L, *diff(ea, eb, "tightest")) for L, ea, eb in rows
+                         if ea is not None and eb is not None)
+        if text:
             out.append(f"Tightest bound of {what} ({a} − {b}): {text} nats.")
     limit = _at(pts, "vdm", None)
     if limit is not None:
-        rows = []
-        for L in depths:
-            e = _at(pts, "vdm", L)
-            if e is None:
-                continue
-            va, vb = values.get(key("vdm", L)), values.get(key("vdm", None))
-            if va and vb:
-                n = min(len(va["elbo"]), len(vb["elbo"]))
-                d = paired_difference(va["elbo"][:n], vb["elbo"][:n])
-                rows.append((L, d["delta"], d["se"]))
-            else:
-                rows.append((L, e["elbo"] - limit["elbo"], math.hypot(e["elbo_se"], limit["elbo_se"])))
-        text = ", ".join(f"T = {L}: {d:+.2f} ± {se:.2f}" for L, d, se in rows)
+        rows = [(L, _at(pts, "vdm", L)) for L in depths]
+        text = ", ".join("T = {}: {:+.2f} ± {:.2f}".format(L, *diff(e, limit, "elbo")) for L, e in rows if e is not None)
         if text:
             out.append(f"VDM ELBO at T = L minus the continuous-time ELBO ({limit['elbo']:.2f} ± "
                        f"{limit['elbo_se']:.2f}): {text} nats.")
