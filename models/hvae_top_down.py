@@ -15,7 +15,8 @@ Flags (De Sousa Ribeiro & Glocker 2024, §2.3–2.4 and Fig. 5: from HVAE to VDM
 * ``posterior="diffusion"``  — the fixed Gaussian-diffusion posterior q(z_L | x) ∏ q(z_l | z_{l+1}, x)
   at levels t_l = l/L of a noise schedule; latents then have the data's dimension;
 * ``transition="denoiser"``  — p(z_l | z_{l+1}) = q(z_l | z_{l+1}, x = x̂θ(z_{l+1})) with the shared
-  denoiser: together with the diffusion posterior this is a VDM with T = L and a learned decoder.
+  denoiser: together with the diffusion posterior this is a VDM with T = L − 1 (its z_0 … z_T) and a
+  learned decoder (tests/test_continuum.py checks the log weights agree draw by draw).
 
 Top-down guides satisfy ``TraceMeanField_ELBO``'s condition, so its analytic KLs are exact here.
 """

@@ -93,3 +93,70 @@ def test_every_family_builds_at_every_depth_of_the_cpu_profile():
         fields = {"T": cfg.T} if FAMILIES[family][1] == "vdm" else {"layers": cfg.layers}
         m = build_model(cfg.model, (1, 28, 28), "binary", **fields, **cfg.model_kwargs)
         assert sum(q.numel() for q in m.parameters()) > 0
+
+
+class _VDMDecoder(nn.Module):
+    """VDM's own decoder p(x | z_0) (Bernoulli logits 2α₀z/σ₀²), as a module the top-down HVAE can use.
+    It holds the VDM's schedule and likelihood, not the VDM (whose chain would make the HVAE a chain model)."""
+
+    def __init__(self, vdm):
+        super().__init__()
+        self.schedule, self.from_z0, self.shape = vdm.schedule, vdm.likelihood.from_z0, vdm.data_shape
+
+    def forward(self, z):
+        g0 = self.schedule.gamma(z.new_zeros(()))
+        return self.from_z0(z.reshape(-1, *self.shape), g0).base_dist.logits  # (B, D) -> (B, 1, 8, 8)
+
+
+def _diffusion_pair(T: int):
+    """Family (d) with T + 1 latent layers and ``VDM(T)`` built from ONE denoiser, one decoder and
+    aligned levels: the HVAE's levels t_l = l/(T+1) on a linear γ from A to γ_max land on VDM's
+    t_i = i/T, i = l − 1, on its linear γ from γ_min to γ_max when A = ((T+1)γ_min − γ_max)/T."""
+    from hlvm.diffusion.schedules.fixed import LinearSchedule
+    from models import VDM
+
+    g0, g1 = -2.0, 4.0
+    torch.manual_seed(0)
+    vdm = VDM((1, 8, 8), T=T, schedule=LinearSchedule(g0, g1), width=16, depth=1, parameterization="eps")
+    td = TopDownHVAE((1, 8, 8), layers=T + 1, hidden=16, shared=True, posterior="diffusion", transition="denoiser",
+                     schedule=LinearSchedule(((T + 1) * g0 - g1) / T, g1))
+    td.denoisers = nn.ModuleList([vdm.denoiser])
+    td.decoder = _VDMDecoder(vdm)
+    return td, vdm
+
+
+def _log_weights(model, guide, x, values=None):
+    """log p(x, z) − log q(z | x) per example, at the guide's draw (or at ``values``)."""
+    from pyro import poutine
+
+    if values is None:
+        q = poutine.trace(guide).get_trace(x)
+        p = poutine.trace(poutine.replay(model, trace=q)).get_trace(x)
+    else:  # conditioned sites count as observed, which replay refuses: condition both programs
+        q = poutine.trace(poutine.condition(guide, data=values)).get_trace(x)
+        p = poutine.trace(poutine.condition(model, data=values)).get_trace(x)
+    q.compute_log_prob(), p.compute_log_prob()
+    total = lambda tr: sum(s["log_prob"] for s in tr.nodes.values() if s["type"] == "sample")  # noqa: E731
+    return total(p) - total(q), q
+
+
+@pytest.mark.filterwarnings("ignore::hlvm.eval.psis.ParetoKWarning")  # untrained nets: heavy tails in both, alike
+def test_family_d_is_a_vdm_with_one_fewer_level_and_its_decoder():
+    """Family (d) is VDM(T) with T + 1 latent layers (VDM's z_0 … z_T) when both use one denoiser, one
+    decoder and aligned levels: every draw of the HVAE's guide has the VDM's log weight to rounding,
+    and the two models' default estimators (TraceMeanField_ELBO; DiffusionELBO) agree within their SE."""
+    T = 4
+    td, vdm = _diffusion_pair(T)
+    x = digits().test[:200]
+    with torch.no_grad():
+        w_td, q = _log_weights(td.model, td.guide, x)
+        renamed = {f"z_{l - 1}": q.nodes[f"z_{l}"]["value"].reshape(-1, 1, 8, 8) for l in range(1, T + 2)}
+        w_vdm, _ = _log_weights(vdm.model, vdm.guide, x, values=renamed)
+    assert w_td.shape == (200,) and torch.allclose(w_td, w_vdm, rtol=1e-5, atol=1e-3)
+    a = evaluate(td, x, K=100, seed=3, per_example=True)
+    b = evaluate(vdm, x, K=100, seed=4, per_example=True)
+    assert a["estimator"] != b["estimator"]
+    for bound in ("elbo", "iwae"):
+        d = torch.as_tensor(a["per_example"][bound]) - torch.as_tensor(b["per_example"][bound])
+        se = float(d.std() / len(d) ** 0.5)
+        assert abs(float(d.mean())) < 4 * se + 1e-3, (bound, float(d.mean()), se)

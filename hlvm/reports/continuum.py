@@ -11,8 +11,8 @@ family                model
 ``hvae``              (a) :class:`~models.TopDownHVAE`: learned posterior, a network per layer
 ``hvae-shared``       (b) learned posterior, one weight-shared generative network (``shared=True``)
 ``diffusion``         (c) the fixed diffusion posterior, Gaussian transitions (``posterior="diffusion"``)
-``diffusion-denoiser`` (d) the fixed posterior and denoiser transitions: a VDM with T = L and a
-                      learned decoder (``transition="denoiser"``)
+``diffusion-denoiser`` (d) the fixed posterior and denoiser transitions (``transition="denoiser"``): L
+                      latent layers are VDM's z_0 … z_T with T = L − 1, under a learned decoder
 ``vdm``               (e) :class:`~models.VDM` with T = L, and with T = ∞ (continuous time) as the limit
 ====================  ==============================================================================
 
@@ -22,6 +22,11 @@ scored by :func:`hlvm.eval.score`: each point's *tightest* bound is its IWAE bou
 a guide of its own, else the PF-ODE bound (continuous-time VDM), else its ELBO (a discrete VDM: its
 IWAE runs a T-step chain per sample).  Each point is saved to ``continuum.json`` as it finishes, so
 a rerun continues where the last one stopped.
+
+Family (d) with L layers *is* ``VDM(T = L − 1)`` once both use one denoiser, VDM's decoder and the
+same levels (its z_l sits at t = l/L, VDM's z_{l−1} at (l − 1)/(L − 1): a linear γ maps one grid onto
+the other); tests/test_continuum.py checks that every draw has the same log weight in both.  At a
+given L the continuum's (d) point differs from the VDM point only by that decoder and level placement.
 """
 
 from __future__ import annotations
@@ -44,7 +49,7 @@ FAMILIES = {
     "hvae-shared": ("(b) learned posterior, one shared network", "hvae-td", {"shared": True}, "layers"),
     "diffusion": ("(c) fixed diffusion posterior, Gaussian transitions", "hvae-td",
                   {"posterior": "diffusion"}, "layers"),
-    "diffusion-denoiser": ("(d) fixed diffusion posterior, denoiser transitions (VDM, T = L, learned decoder)",
+    "diffusion-denoiser": ("(d) fixed diffusion posterior, denoiser transitions (VDM, T = L − 1, learned decoder)",
                            "hvae-td", {"posterior": "diffusion", "transition": "denoiser"}, "layers"),
     "vdm": ("(e) VDM, T = L (and T = ∞)", "vdm", {}, "T"),
 }
