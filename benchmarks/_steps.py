@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from pyro.infer import SVI, Trace_ELBO, TraceMeanField_ELBO
 
 from hlvm import DiffusionELBO
-from models import VAE, VDM, TopDownHVAE
+from hlvm.zoo import VAE, VDM, TopDownHVAE
 
 LOG_2PI = math.log(2 * math.pi)
 

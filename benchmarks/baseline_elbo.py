@@ -42,7 +42,7 @@ from pyro.infer import SVI, Trace_ELBO, TraceMeanField_ELBO
 from torch import nn
 
 from hlvm.data import batches, load_dataset, validation_split
-from models import VAE
+from hlvm.zoo import VAE
 
 
 # ------------------------------------------------------------------------------ the stock baseline

@@ -17,7 +17,7 @@ from _steps import PINNED
 import torch
 
 import hlvm
-from models import VAE, VDM, BottomUpHVAE, TopDownHVAE
+from hlvm.zoo import VAE, VDM, BottomUpHVAE, TopDownHVAE
 
 
 def run(args) -> dict:

@@ -35,7 +35,7 @@ from hlvm.data import load_dataset
 from hlvm.diffusion.bound import diffusion_bound
 from hlvm.diffusion.schedules import DensitySchedule, MonotoneNetSchedule
 from hlvm.programs.chain import chains_of
-from models import VDM
+from hlvm.zoo import VDM
 
 GMIN, GMAX = -13.3, 5.0
 # Part B: name -> (schedule, objective)

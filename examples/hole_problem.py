@@ -37,7 +37,7 @@ import hlvm
 from hlvm.data import batches, load_dataset
 from hlvm.programs.elbo import DiffusionELBO
 from hlvm.programs.likelihoods import GaussianLikelihood
-from models import VAE, VDM
+from hlvm.zoo import VAE, VDM
 
 
 def train(model, elbo, data, steps, lr, batch_size=512):

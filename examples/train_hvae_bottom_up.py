@@ -29,7 +29,7 @@ from pyro.optim import Adam
 import hlvm
 from hlvm.data import batches, load_dataset
 from hlvm.reports.plots import save_grid
-from models import BottomUpHVAE
+from hlvm.zoo import BottomUpHVAE
 
 
 def main(argv=None):

@@ -31,7 +31,7 @@ from pyro.optim import Adam
 import hlvm
 from hlvm.data import batches, load_dataset
 from hlvm.reports.plots import save_grid
-from models import TopDownHVAE
+from hlvm.zoo import TopDownHVAE
 
 
 def main(argv=None):

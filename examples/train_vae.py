@@ -26,7 +26,7 @@ from pyro.optim import Adam
 import hlvm
 from hlvm.data import batches, load_dataset
 from hlvm.reports.plots import save_grid
-from models import VAE
+from hlvm.zoo import VAE
 
 
 def main(argv=None):

@@ -34,7 +34,7 @@ from pyro.optim import Adam
 from hlvm.data import batches, load_dataset
 from hlvm.programs.elbo import DiffusionELBO
 from hlvm.reports.plots import save_grid
-from models import VDM
+from hlvm.zoo import VDM
 
 
 def main(argv=None):

@@ -13,7 +13,7 @@ from torch import nn
 from hlvm.training.compile import RecordedLoss, compile_step
 from hlvm.estimators import default_estimator
 from hlvm.training.free_bits import FreeBitsELBO
-from models import VAE, VDM, BottomUpHVAE, TopDownHVAE
+from hlvm.zoo import VAE, VDM, BottomUpHVAE, TopDownHVAE
 
 from conftest import tensor
 from programs.contract_models import TwoLevelGaussianHVAE

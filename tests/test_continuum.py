@@ -11,7 +11,7 @@ from hlvm.cli import main
 from hlvm.data import digits
 from hlvm.eval import evaluate
 from hlvm.reports.continuum import FAMILIES, PROFILES, points, run_continuum
-from models import VAE, TopDownHVAE
+from hlvm.zoo import VAE, TopDownHVAE
 
 pytestmark = pytest.mark.usefixtures("one_intra_op_thread")
 
@@ -113,7 +113,7 @@ def _diffusion_pair(T: int):
     aligned levels: the HVAE's levels t_l = l/(T+1) on a linear γ from A to γ_max land on VDM's
     t_i = i/T, i = l − 1, on its linear γ from γ_min to γ_max when A = ((T+1)γ_min − γ_max)/T."""
     from hlvm.diffusion.schedules.fixed import LinearSchedule
-    from models import VDM
+    from hlvm.zoo import VDM
 
     g0, g1 = -2.0, 4.0
     torch.manual_seed(0)

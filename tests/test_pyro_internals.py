@@ -67,7 +67,7 @@ def test_a_record_made_through_the_shim_is_pyros_own_step():
     """The recorded step goes through the shim, and a pure replay of its record equals Pyro's step
     at the same random state (loss and every gradient)."""
     from hlvm.training import compile as recorded_step
-    from models import VAE
+    from hlvm.zoo import VAE
 
     assert recorded_step.ParamSlots is shim.ParamSlots and recorded_step.without_readouts is shim.without_readouts
     vae = VAE((1, 4, 4), latent_dim=2, hidden=8)

@@ -144,7 +144,7 @@ def test_page_lists_each_anchor_with_its_bound_and_protocol_and_the_khat_share(t
 def test_cpu_profile_scores_the_whole_test_set_by_the_published_protocol():
     """IWAE with K = 5,000 (Burda et al. 2016) and the PF-ODE bound on every test image, the ELBO too."""
     from hlvm.reports.results import PROFILES, _iwae_budget
-    from models import VAE
+    from hlvm.zoo import VAE
 
     p = PROFILES["cpu"]
     assert p.data == "mnist" and p.K == 5000

@@ -183,7 +183,7 @@ def test_foreign_torch_file_is_not_a_checkpoint(tmp_path, digits):
 # ------------------------------------------------------------------------------ NaN
 NAN_GRAD_MODEL = """
 import pyro, torch
-from models import VAE
+from hlvm.zoo import VAE
 
 class NaNGradVAE(VAE):
     '''A VAE whose loss stays finite but whose gradient is NaN once armed (sqrt at 0).'''
@@ -230,7 +230,7 @@ def test_nan_gradient_keeps_last_finite_checkpoint_and_resumes(tmp_path, digits)
 BAD_SITE_MODELS = """
 import pyro, torch
 import pyro.distributions as dist
-from models import VAE
+from hlvm.zoo import VAE
 
 class Armed(VAE):
     '''A VAE with one more observed site once armed (after ``armed_after`` training steps).'''
@@ -329,7 +329,7 @@ def test_failed_evaluation_keeps_the_trained_checkpoint(tmp_path, digits, monkey
 
 # ------------------------------------------------------------------------------ data vs model
 BINARY_MODEL = """
-from models import VAE
+from hlvm.zoo import VAE
 
 class BinaryOnlyVAE(VAE):
     '''A VAE whose likelihood is always Bernoulli, whatever the data.'''

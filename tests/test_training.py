@@ -26,7 +26,7 @@ from pyro.infer import SVI, Trace_ELBO, TraceMeanField_ELBO
 from hlvm.data import batches, load_dataset
 from hlvm.programs.elbo import DiffusionELBO
 from hlvm.diffusion.schedules import LearnedLinearSchedule
-from models import VAE, VDM, BottomUpHVAE, TopDownHVAE
+from hlvm.zoo import VAE, VDM, BottomUpHVAE, TopDownHVAE
 
 from conftest import DEVICE, user_hierarchy_class
 

@@ -8,12 +8,12 @@ lifts the constraints one at a time on one data set under one budget:
 ====================  ==============================================================================
 family                model
 ====================  ==============================================================================
-``hvae``              (a) :class:`~models.TopDownHVAE`: learned posterior, a network per layer
+``hvae``              (a) :class:`~hlvm.zoo.TopDownHVAE`: learned posterior, a network per layer
 ``hvae-shared``       (b) learned posterior, one weight-shared generative network (``shared=True``)
 ``diffusion``         (c) the fixed diffusion posterior, Gaussian transitions (``posterior="diffusion"``)
 ``diffusion-denoiser`` (d) the fixed posterior and denoiser transitions (``transition="denoiser"``): L
                       latent layers are VDM's z_0 … z_T with T = L − 1, under a learned decoder
-``vdm``               (e) :class:`~models.VDM` with T = L, and with T = ∞ (continuous time) as the limit
+``vdm``               (e) :class:`~hlvm.zoo.VDM` with T = L, and with T = ∞ (continuous time) as the limit
 ====================  ==============================================================================
 
 Every point trains the same epochs at the same width (``hidden`` of the HVAEs, ``width`` of the

@@ -148,7 +148,7 @@ def test_nan_loss_stops_with_clear_message(tmp_path):
     src = tmp_path / "nanmodel.py"
     src.write_text(
         "import pyro, torch\n"
-        "from models import VAE\n"
+        "from hlvm.zoo import VAE\n"
         "class NaNVAE(VAE):\n"
         "    calls = 0\n"
         "    def model(self, x=None, batch_size=None):\n"

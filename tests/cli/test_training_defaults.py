@@ -21,7 +21,7 @@ pytestmark = pytest.mark.usefixtures("one_intra_op_thread")
 def recipe_model(tmp_path):
     path = tmp_path / "recipe.py"
     path.write_text(textwrap.dedent("""
-        from models import VAE
+        from hlvm.zoo import VAE
 
         class WithRecipe(VAE):
             training_defaults = {"kl_warmup": 7, "free_bits": 0.25, "lr_schedule": "cosine"}

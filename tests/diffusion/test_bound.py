@@ -13,7 +13,7 @@ from hlvm.diffusion.weighting import get_weighting
 from hlvm.programs.chain import DiffusionChain
 from hlvm.programs.elbo import DiffusionELBO, SamplerKey
 from hlvm.programs.likelihoods import GaussianLikelihood
-from models import VDM
+from hlvm.zoo import VDM
 
 from conftest import tensor
 
@@ -219,7 +219,7 @@ def test_auto_objective_is_the_variance_objective_where_it_applies(T, schedule, 
     holds for any T and schedule, where "variance" is refused."""
     from hlvm import DiffusionELBO
     from hlvm.programs.chain import chains_of
-    from models import VDM
+    from hlvm.zoo import VDM
 
     model = VDM((1, 4, 4), T=T, schedule=schedule, width=8, depth=1)
     (chain,) = chains_of(model)

@@ -28,7 +28,7 @@ from hlvm.programs.elbo import DiffusionELBO
 from hlvm.eval import (ParetoKWarning, active_units, evaluate, iwae_bound, pareto_khat,
                            per_example_log_weights, per_site_terms)
 from hlvm.programs.likelihoods import GaussianLikelihood
-from models import VAE, VDM, BottomUpHVAE, TopDownHVAE
+from hlvm.zoo import VAE, VDM, BottomUpHVAE, TopDownHVAE
 
 from conftest import DEVICE, DTYPE, tensor, user_hierarchy_class
 

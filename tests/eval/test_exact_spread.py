@@ -16,7 +16,7 @@ import torch
 import hlvm
 from hlvm.data import load_dataset
 from hlvm.training.optim import Adam
-from models import VDM
+from hlvm.zoo import VDM
 
 from conftest import DEVICE
 

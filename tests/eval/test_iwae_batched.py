@@ -179,7 +179,7 @@ class _Hier(torch.nn.Module):
 
 
 def test_later_passes_skip_validation_but_bad_data_is_still_caught():
-    from models import VAE
+    from hlvm.zoo import VAE
 
     vae = VAE((1, 2, 2), "binary", latent_dim=2, hidden=4)
     x = torch.bernoulli(torch.full((3, 1, 2, 2), 0.5))

@@ -14,7 +14,7 @@ from torch import nn
 
 from hlvm.data import digits
 from hlvm.eval import evaluate, score
-from models import VAE, VDM, BottomUpHVAE
+from hlvm.zoo import VAE, VDM, BottomUpHVAE
 
 from conftest import DEVICE, DTYPE
 

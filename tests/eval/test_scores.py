@@ -10,7 +10,7 @@ import hlvm.eval.scores as score_module
 from hlvm.data import digits
 from hlvm.eval import ParetoKWarning, evaluate, own_bounds, score
 from hlvm.programs.elbo import DiffusionELBO
-from models import VAE, VDM
+from hlvm.zoo import VAE, VDM
 
 from conftest import DEVICE, DTYPE
 

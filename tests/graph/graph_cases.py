@@ -1,7 +1,7 @@
 """Small model/guide pairs shared by the tests of :mod:`hlvm.graph` (tests/graph/test_graph_*.py)."""
 
 from hlvm.graph.extract import example_input, pair_graphs
-from models import VAE, VDM, BottomUpHVAE, TopDownHVAE
+from hlvm.zoo import VAE, VDM, BottomUpHVAE, TopDownHVAE
 
 from conftest import user_hierarchy_class
 

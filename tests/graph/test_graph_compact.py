@@ -4,7 +4,7 @@ between its six role nodes z_1 → … → z_t → z_s → … → z_0 (De Sousa
 
 from hlvm.graph.compact import compact_graph
 from hlvm.graph.extract import _pair_graphs, example_input, module_relations, relations
-from models import VDM
+from hlvm.zoo import VDM
 
 from graph_cases import D
 

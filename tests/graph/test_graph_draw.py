@@ -16,7 +16,7 @@ import hlvm
 from hlvm.cli import main
 from hlvm.graph.draw import _BLUE, GraphvizNotFoundError, render_module
 from hlvm.graph.extract import example_input
-from models import VDM
+from hlvm.zoo import VDM
 
 from conftest import ROOT
 from graph_cases import D, small

@@ -17,7 +17,7 @@ from hlvm.graph.checks import check_mean_field
 from hlvm.graph.compact import compact_graph
 from hlvm.graph.draw import render
 from hlvm.graph.extract import example_input, module_relations, pair_graphs, plate_membership, relations, topological_order
-from models import VDM
+from hlvm.zoo import VDM
 
 from graph_cases import D, graphs, small
 

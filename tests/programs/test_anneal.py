@@ -6,7 +6,7 @@ import torch
 from pyro.infer import TraceMeanField_ELBO
 
 from hlvm.training.anneal import ScaleLatents, warmup_beta
-from models import VAE, TopDownHVAE
+from hlvm.zoo import VAE, TopDownHVAE
 
 from conftest import DEVICE
 

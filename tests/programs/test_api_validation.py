@@ -9,7 +9,7 @@ from pyro.infer import Trace_ELBO
 import hlvm
 import hlvm.programs.sample
 from hlvm import DiffusionELBO
-from models import VAE, VDM, BottomUpHVAE, TopDownHVAE
+from hlvm.zoo import VAE, VDM, BottomUpHVAE, TopDownHVAE
 
 pytestmark = pytest.mark.usefixtures("one_intra_op_thread")
 

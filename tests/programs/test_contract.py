@@ -14,7 +14,7 @@ from hlvm.data import load_dataset
 from hlvm.estimators import default_estimator
 from hlvm.registry import build_model, load_class
 from hlvm.training import TrainConfig, Trainer
-from models import VAE, VDM, BottomUpHVAE, TopDownHVAE
+from hlvm.zoo import VAE, VDM, BottomUpHVAE, TopDownHVAE
 
 from conftest import DEVICE, ROOT, user_hierarchy_class
 

@@ -17,7 +17,7 @@ from hlvm.diffusion.gaussian import alpha_sigma, prior_kl
 from hlvm.programs.likelihoods import GaussianLikelihood
 from hlvm.diffusion.oracle import GaussianOracle
 from hlvm.diffusion.schedules import CosineSchedule, LinearSchedule
-from models import VAE
+from hlvm.zoo import VAE
 
 from conftest import oracle_diffusion, tensor
 

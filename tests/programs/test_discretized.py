@@ -17,7 +17,7 @@ from hlvm.training.optim import Adam
 from hlvm.programs.discretized import DiscretizedGaussian, GridGaussian, grid_values
 from hlvm.programs.normal_cdf import log_bin_mass, log_ndtr
 from hlvm.programs.likelihoods import Discretized8bitLikelihood
-from models import VAE, VDM, BottomUpHVAE, TopDownHVAE
+from hlvm.zoo import VAE, VDM, BottomUpHVAE, TopDownHVAE
 
 from conftest import DEVICE
 

@@ -34,7 +34,7 @@ from torch.distributions import Bernoulli, Normal
 from hlvm.data import load_dataset
 from hlvm.programs.elbo import DiffusionELBO
 from hlvm.diffusion.timesteps import TimestepSampler
-from models import VAE, VDM, BottomUpHVAE, TopDownHVAE
+from hlvm.zoo import VAE, VDM, BottomUpHVAE, TopDownHVAE
 
 from conftest import DEVICE, user_hierarchy_class
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from hlvm.programs.likelihoods import BernoulliLikelihood, Discretized8bitLikelihood
-from models import VAE
+from hlvm.zoo import VAE
 
 from conftest import DEVICE
 

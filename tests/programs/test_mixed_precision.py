@@ -9,7 +9,7 @@ from pyro import poutine
 from pyro.poutine.util import prune_subsample_sites
 
 from hlvm.estimators import default_estimator
-from models import VAE, VDM, BottomUpHVAE, TopDownHVAE
+from hlvm.zoo import VAE, VDM, BottomUpHVAE, TopDownHVAE
 
 pytestmark = pytest.mark.usefixtures("one_intra_op_thread")
 

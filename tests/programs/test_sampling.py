@@ -24,7 +24,7 @@ from hlvm.programs.chain import DiffusionChain
 from hlvm.programs.likelihoods import GaussianLikelihood
 from hlvm.diffusion.oracle import GaussianOracle
 from hlvm.diffusion.schedules import LinearSchedule
-from models import VAE, VDM, BottomUpHVAE, TopDownHVAE
+from hlvm.zoo import VAE, VDM, BottomUpHVAE, TopDownHVAE
 
 from conftest import DEVICE, oracle_diffusion, tensor, user_hierarchy_class
 
