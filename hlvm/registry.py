@@ -177,7 +177,9 @@ def build_model(spec: str, data_shape=None, kind: str | None = "binary", T: int 
     work as long as their defaults fit the data.  ``kwargs``, the model's options, are passed as
     they are and must be constructor arguments (:func:`check_model_options`); a value the
     constructor refuses is a ValueError naming its option.  With ``strict``, asking for ``T`` or
-    ``layers`` of a class without them is an error (``hlvm render`` passes them loosely).
+    ``layers`` of a class without them is an error (``hlvm render`` passes them loosely).  A model
+    without a ``data_shape`` attribute (Pyro's tutorial style) is given ``data_shape``: the shape of
+    one example of the data the command loads.
     """
     check_model_options(spec, kwargs)
     cls = load_class(spec)
@@ -193,5 +195,7 @@ def build_model(spec: str, data_shape=None, kind: str | None = "binary", T: int 
     chosen = {k: v for k, v in candidates.items()
               if (k in params or accepts_any) and (v is not None or k == "T" or k in kwargs)}
     model = _construct(cls, spec, chosen, kwargs)
+    if getattr(model, "data_shape", None) is None and data_shape is not None:
+        model.data_shape = tuple(data_shape)
     check_hierarchy(model, model_label(spec, kwargs))  # a failure names the options too
     return model

@@ -8,6 +8,7 @@ import torch
 from pyro import poutine
 
 from ..programs.chain import StockChains
+from ..programs.roles import data_roles
 from .weights import data_dim, guide_scored, is_factor, programs_of
 
 __all__ = ["active_units", "ActiveUnits"]
@@ -49,7 +50,7 @@ class _RunningVariance:
 class ActiveUnits:
     """Accumulates E_q[u | x] of every Normal guide latent over batches of guide traces."""
 
-    def __init__(self, plate: str = "data"):
+    def __init__(self, plate: str):
         self.plate, self.stats = plate, {}
 
     def add(self, guide_trace, batch: int) -> None:
@@ -70,7 +71,7 @@ class ActiveUnits:
 
 
 def active_units(model, x: torch.Tensor, threshold: float = 0.01, batch_size: int = 500, *,
-                 plate: str = "data", context=None) -> dict:
+                 plate: str | None = None, context=None) -> dict:
     """Active units per latent site (Burda et al. 2016, §5.2): ``{site: count}``.
 
     A dimension u of a latent site whose guide distribution is a (diagonal) Normal is active if
@@ -78,10 +79,11 @@ def active_units(model, x: torch.Tensor, threshold: float = 0.01, batch_size: in
     ``loc`` and the variance taken over the examples of ``x``. For a guide site that depends on
     other sampled latents (top-down hierarchies) the loc is conditional on one draw of those.
     Sites with non-Normal guides are not counted. ``context``: a DiffusionELBO whose collapsed
-    program is traced (otherwise the stock program).
+    program is traced (otherwise the stock program).  ``plate``: the per-example plate (default: read
+    from the model, :mod:`hlvm.programs.roles`).
     """
     _, guide_fn, _ = programs_of(model)
-    acc = ActiveUnits(plate)
+    acc = ActiveUnits(plate or data_roles(model, x).plate)
     for i in range(0, x.shape[0], batch_size):
         xb = x[i:i + batch_size]
         with context.collapse() if hasattr(context, "collapse") else StockChains():

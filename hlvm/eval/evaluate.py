@@ -42,6 +42,7 @@ from ..diffusion.ode import pf_ode_bound
 from ..estimators import default_estimator
 from ..programs.chain import bound_terms, chains_of
 from ..programs.elbo import DiffusionELBO
+from ..programs.roles import data_roles
 from .active import ActiveUnits
 from .chunking import check_memory
 from .possible import check_possible
@@ -77,7 +78,7 @@ def _as_tensor_on(model, data, max_examples):
 
 def evaluate(model, data, elbo=None, batch_size: int = 500, K: int = 0, iwae_batch: int = 100,
              max_examples: int | None = None, *, steps: int | None = None, seed: int | None = None,
-             au_threshold: float = 0.01, plate: str = "data", breakdown: bool = True, pfode: bool = False,
+             au_threshold: float = 0.01, plate: str | None = None, breakdown: bool = True, pfode: bool = False,
              pfode_samples: int = 1, pfode_batch: int = 100, ode_options: dict | None = None,
              iwae_memory: int | None = None, per_example: bool = False, progress=None) -> dict:
     """Evaluate a hierarchy on test data; returns a JSON-serialisable dict of plain numbers.
@@ -156,6 +157,7 @@ def evaluate(model, data, elbo=None, batch_size: int = 500, K: int = 0, iwae_bat
         raise ValueError(f"per-example values need a one-draw ELBO estimator ({', '.join(c.__name__ for c in _ONE_TRACE)} "
                          f"with num_particles=1), got {type(elbo).__name__}")
     report = progress or _silent
+    plate = plate or data_roles(model, x).plate
     with _seeded(seed, x.device), _eval_mode(model), torch.no_grad():
         out = _bound_loop(model, x, elbo, batch_size, plate, breakdown, report)
         if breakdown:

@@ -14,6 +14,7 @@ import torch
 from pyro import poutine
 
 from ..programs.chain import StockChains, chains_of, override_steps
+from ..programs.roles import data_roles
 
 __all__ = ["observed_site", "check_possible", "BOUNDS"]
 
@@ -22,14 +23,13 @@ BOUNDS = (("elbo", "nats_se"), ("iwae", "iwae_se"), ("pfode", "pfode_se"))
 
 
 def observed_site(model, x: torch.Tensor):
-    """The observed site ``"x"`` of one run of the model's stock program on ``x`` (diffusion
-    chains traced with two steps), without touching the RNG state or the param store; None if
-    the program has no such site."""
+    """The data site (:func:`~hlvm.programs.roles.data_roles`) of one run of the model's stock program on
+    ``x`` (diffusion chains traced with two steps), without touching the RNG state or the param store."""
+    name = data_roles(model, x).site
     with torch.random.fork_rng(devices=[x.device] if x.device.type == "cuda" else []), torch.no_grad(), \
             pyro.validation_enabled(False), pyro.get_param_store().scope(), StockChains(), \
             override_steps(chains_of(model), lambda s: min(s, 2)):
-        site = poutine.trace(model.model).get_trace(x).nodes.get("x")
-    return site if site is not None and site["type"] == "sample" and site["is_observed"] else None
+        return poutine.trace(model.model).get_trace(x).nodes[name]
 
 
 def _discrete(model, x) -> bool:

@@ -29,6 +29,7 @@ from torch import nn
 from torch.distributions import kl_divergence
 
 from ..programs.chain import StockChains, chains_of, override_steps
+from ..programs.roles import data_roles
 from .chunking import check_memory, rows_per_pass, trace_bytes
 
 __all__ = ["per_site_terms", "per_example_log_weights", "iwae_bound", "programs_of", "traces", "data_dim",
@@ -110,7 +111,7 @@ def traces(model_fn, guide_fn, x, *, context=None):
 
 
 # --------------------------------------------------------------------------- per-site terms
-def per_site_terms(model, guide=None, x=None, *, plate: str = "data", context=None, analytic_kl: bool = False) -> dict:
+def per_site_terms(model, guide=None, x=None, *, plate: str | None = None, context=None, analytic_kl: bool = False) -> dict:
     """Per-example terms of one Monte Carlo sample of −ELBO, site by site.
 
     With z ∼ q(· | x) drawn once by the guide and the model replayed on it:
@@ -131,12 +132,13 @@ def per_site_terms(model, guide=None, x=None, *, plate: str = "data", context=No
     Args:
         model: a module with ``.model``/``.guide`` (then ``guide`` is None) or a model callable.
         x: data, batch first.
-        plate: the name of the per-example plate.
+        plate: the name of the per-example plate (default: read from the model, :mod:`hlvm.programs.roles`).
         context: a DiffusionELBO to collapse diffusion chains with (anything else: the stock program).
         analytic_kl: closed-form KLs where available (the terms of ``TraceMeanField_ELBO``).
     """
-    model_fn, guide_fn, _ = programs_of(model, guide)
+    model_fn, guide_fn, owner = programs_of(model, guide)
     b = x.shape[0]
+    plate = plate or data_roles(model_fn if owner is None else owner, x).plate
     model_trace, guide_trace = traces(model_fn, guide_fn, x, context=context)
     zero = x.new_zeros(b) if torch.is_floating_point(x) else torch.zeros(b)
     kl, recon, factor = {}, zero.clone(), zero.clone()
@@ -177,7 +179,7 @@ def _site_kl(q_site, p_site, log_q, plate: str, b: int, analytic: bool) -> torch
 
 # --------------------------------------------------------------------------- importance weights
 def per_example_log_weights(model, guide=None, x=None, K: int = 1, chunk: int | None = None, *,
-                            steps: int | None = None, plate: str = "data", memory: int | None = None) -> torch.Tensor:
+                            steps: int | None = None, plate: str | None = None, memory: int | None = None) -> torch.Tensor:
     """Importance log-weights log w_k = log p(x, z_k) − log q(z_k | x), z_k ∼ q(· | x): shape (K, B).
 
     The guide is traced (:func:`pyro.poutine.trace`) and the model replayed on its draws
@@ -216,7 +218,7 @@ def per_example_log_weights(model, guide=None, x=None, K: int = 1, chunk: int | 
         K: importance samples per example.
         chunk: draws of the whole batch per pass (default: from ``memory``).
         steps: trace steps of continuous-time chains (ValueError if the model has none).
-        plate: the name of the per-example plate.
+        plate: the name of the per-example plate (default: read from the model, :mod:`hlvm.programs.roles`).
         memory: bytes one pass may hold (default :data:`hlvm.eval.chunking.DEFAULT_MEMORY`: 1 GiB
             on CPU, 4 GiB on accelerators).
     """
@@ -229,6 +231,7 @@ def per_example_log_weights(model, guide=None, x=None, K: int = 1, chunk: int | 
     memory = check_memory(memory, x.device)
     model_fn, guide_fn, owner = programs_of(model, guide)
     b = x.shape[0]
+    plate = plate or data_roles(model_fn if owner is None else owner, x).plate
     with _continuous_steps(owner, steps):
         rows = int(chunk) * b if chunk is not None else rows_per_pass(_bytes_per_row(model_fn, guide_fn, x, plate), memory, x.device)
         if rows >= b:
@@ -256,7 +259,7 @@ def _bytes_per_row(model_fn, guide_fn, x, plate: str) -> int:
 
 
 def iwae_bound(model, x: torch.Tensor, K: int, chunk: int | None = None, *, guide=None,
-               steps: int | None = None, plate: str = "data") -> torch.Tensor:
+               steps: int | None = None, plate: str | None = None) -> torch.Tensor:
     """The importance-weighted bound log (1/K) Σ_k w_k per example, shape (B,).
 
     Burda, Grosse & Salakhutdinov, *Importance Weighted Autoencoders*, ICLR 2016, eq. 8:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import warnings
 from collections import OrderedDict
 
 import networkx as nx
@@ -226,6 +227,8 @@ def program_graph(fn, *args, modules=None, name: str | None = None, **kwargs) ->
         stack.enter_context(pyro.validation_enabled(False))
         stack.enter_context(pyro.get_param_store().scope())
         stack.enter_context(_tagged_parameters(groups, roots))
+        stack.enter_context(warnings.catch_warnings())  # a module made inside the program is in training mode
+        warnings.filterwarnings("ignore", message=".*not registered in the param store because requires_grad=False")
         stack.enter_context(tracker)
         fn(*tagged_args, **tagged_kwargs)
     return _build_graph(tracker.sites, name or getattr(fn, "__name__", "program"))

@@ -27,9 +27,10 @@ from ..data import load_dataset
 from ..eval.psis import MIN_KHAT_SAMPLES
 from ..eval.scores import own_bounds, score
 from ..training.checks import check_compare_options, writable_folder
+from ..training.preflight import preflight
 from ..training import EvaluationFailed, TrainConfig, Trainer, WARMUP_STEPS
 from ..limits import model_label, parse_model
-from ..registry import accepts, build_model, check_model_options, with_training_defaults
+from ..registry import accepts, check_model_options, with_training_defaults
 from .files import files_section
 from .per_image import paired_entries, paired_lines
 
@@ -62,8 +63,9 @@ def run_compare(models: list, base: TrainConfig, out: str, K: int = 50, iwae_exa
     model's training names its checkpoint).  The runs of an earlier report in ``out`` are replaced.
 
     ``models`` holds names (``"vae"``), names with options (``"vdm(schedule=cosine)"``) or
-    ``(name, options)`` pairs.  Every model is built once on the data before any training, so an
-    option value its constructor refuses fails first (ValueError naming it).
+    ``(name, options)`` pairs.  Every model is checked before any training and before anything is
+    written (:func:`hlvm.training.preflight.preflight`: built with its options, fitted to the data,
+    one gradient of its objective), so a broken model fails first (ValueError naming it).
 
     ``sec_per_epoch`` is the training throughput after warm-up: the first
     :data:`~hlvm.training.WARMUP_STEPS` steps (allocation, caches, compilation) and the periodic
@@ -73,8 +75,8 @@ def run_compare(models: list, base: TrainConfig, out: str, K: int = 50, iwae_exa
     check_options(models, base, out, K, iwae_examples, eval_examples, pfode_examples, pfode_samples)
     data = load_dataset(base.data, base.binarize, base.data_dir)
     configs = [_run_config(base, spec, options, out, eval_examples, fixed) for spec, options in models]
-    for cfg in configs:  # every option value checked by its constructor before the first training
-        build_model(cfg.model, data.shape, data.kind, T=cfg.T, layers=cfg.layers, **cfg.model_kwargs)
+    for cfg in configs:  # every model tried before the first training, and before anything is written
+        preflight(cfg, data)
     os.makedirs(out, exist_ok=True)
     report = {"rows": [], "details": {}, "curves": {}, "breakdowns": {}, "files": {}, "per_image": {}}
     settings = dict(K=K, iwae_examples=iwae_examples, eval_examples=eval_examples, pfode_examples=pfode_examples,

@@ -39,11 +39,9 @@ from dataclasses import asdict, replace
 
 import pyro
 import torch
-from pyro.infer import TraceMeanField_ELBO
 
 from . import optim as hlvm_optim
 from ..data import DataSplit, load_dataset
-from ..estimators import make_estimator
 from ..programs.elbo import DiffusionELBO
 from ..eval import evaluate
 from ..limits import model_label
@@ -54,7 +52,7 @@ from .compile import RecordedLoss
 from .lr_schedule import learning_rate
 from .config import TrainConfig
 from .ema import EMA
-from .free_bits import FreeBitsELBO
+from .preflight import training_objective
 from .monitor import RunMonitor, elbo_terms, sample_grid
 from .parallel import Processes, join_processes
 from .step import NonFiniteStep, ShardedLoss, StepRecord, SVIStep
@@ -197,12 +195,7 @@ class Trainer:
 
     def _objective(self):
         """Objective: (the ELBO estimator of the model's DAG, the training objective)."""
-        bound = make_estimator(self.cfg.estimator, self.model, **self.cfg.estimator_kwargs)
-        if self.cfg.free_bits <= 0:
-            return bound, bound
-        if not isinstance(bound, TraceMeanField_ELBO):
-            raise ValueError("--free-bits needs analytic per-layer KLs: a model whose estimator is TraceMeanField_ELBO")
-        return bound, FreeBitsELBO(self.cfg.free_bits)
+        return training_objective(self.cfg, self.model)
 
     # -- stage 5: the loop's parts ---------------------------------------------------------
     def _update_rule(self):

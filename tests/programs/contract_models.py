@@ -68,19 +68,41 @@ class NoDataShape(NoGuide):
 
 
 class ObservesY(NoDataShape):
+    """Legal: the data site and the plate may have any names."""
+    data_shape = (1, 8, 8)
+
+    def model(self, x):
+        with pyro.plate("batch", x.shape[0]):
+            pyro.sample("y", dist.Bernoulli(0.5 * torch.ones_like(x)).to_event(3), obs=x)
+
+
+class ObservesTwice(NoDataShape):
+    """Two observed sites holding the data: which one is the data's is the user's to say."""
     data_shape = (1, 8, 8)
 
     def model(self, x):
         with pyro.plate("data", x.shape[0]):
-            pyro.sample("y", dist.Bernoulli(0.5 * torch.ones_like(x)).to_event(3), obs=x)
+            pyro.sample("a", dist.Bernoulli(0.5 * torch.ones_like(x)).to_event(3), obs=x)
+            pyro.sample("b", dist.Bernoulli(0.4 * torch.ones_like(x)).to_event(3), obs=x)
+
+
+class ObservesTwiceChosen(ObservesTwice):
+    observed = "b"
+
+
+class ObservesNothing(NoDataShape):
+    data_shape = (1, 8, 8)
+
+    def model(self, x):
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("x", dist.Bernoulli(0.5 * torch.ones_like(x)).to_event(3))
 
 
 class NoDataPlate(NoDataShape):
     data_shape = (1, 8, 8)
 
     def model(self, x):
-        with pyro.plate("batch", x.shape[0]):
-            pyro.sample("x", dist.Bernoulli(0.5 * torch.ones_like(x)).to_event(3), obs=x)
+        pyro.sample("x", dist.Bernoulli(0.5 * torch.ones_like(x)).to_event(4), obs=x)
 
 
 class BrokenModel(NoDataShape):

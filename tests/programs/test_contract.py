@@ -30,9 +30,9 @@ def _user(name, **kw):
 
 @pytest.mark.parametrize("name,message", [
     ("NoGuide", "no guide"),
-    ("NoDataShape", "no data_shape"),
-    ("ObservesY", "sample site 'x'"),
-    ("NoDataPlate", r"pyro.plate\('data'"),
+    ("ObservesNothing", "observes no sample site"),
+    ("ObservesTwice", r"observes \['a', 'b'\]; cannot tell which holds the data — set the class attribute observed"),
+    ("NoDataPlate", "must sit in a plate over the examples"),
     ("BrokenModel", "RuntimeError: shapes do not fit"),
     ("UnregisteredParameters", "register none with Pyro"),
 ])
@@ -41,6 +41,26 @@ def test_contract_violations_name_the_missing_piece(name, message):
         hlvm.check_hierarchy(_user(name))
     with pytest.raises(ValueError, match=message):  # and before any training, through the registry
         build_model(f"{MODELS_FILE}:{name}", (1, 8, 8))
+
+
+def test_data_shape_is_optional_where_the_data_say_it():
+    with pytest.raises(ValueError, match="no data_shape attribute .* pass example data"):
+        hlvm.check_hierarchy(_user("NoDataShape"))
+    hlvm.check_hierarchy(_user("NoDataShape"), x=torch.zeros(3, 1, 8, 8))
+    assert build_model(f"{MODELS_FILE}:NoDataShape", (1, 8, 8)).data_shape == (1, 8, 8)  # from the command's data
+
+
+def test_the_data_site_and_plate_are_read_from_the_trace_not_from_names():
+    from hlvm.programs.roles import DataRoles, data_roles
+
+    assert data_roles(_user("ObservesY")) == DataRoles("y", "batch")
+    assert data_roles(_user("ObservesTwiceChosen")) == DataRoles("b", "data")  # the class attribute chooses
+    assert data_roles(_user("ObservesTwice"), observed="a") == DataRoles("a", "data")
+    with pytest.raises(ValueError, match="observed='c' is not an observed sample site"):
+        data_roles(_user("ObservesTwice"), observed="c")
+    for name in ("ObservesY", "ObservesTwiceChosen"):
+        hlvm.check_hierarchy(_user(name))
+    assert data_roles(VAE((1, 8, 8), latent_dim=2, hidden=8)) == DataRoles("x", "data")
 
 
 def test_zoo_and_user_models_meet_the_contract():
