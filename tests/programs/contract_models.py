@@ -120,3 +120,26 @@ class UnregisteredParameters(TwoLevelGaussianHVAE):
 
     def guide(self, x):
         return TwoLevelGaussianHVAE.guide.__wrapped__(self, x)
+
+
+class FailsOnABatch(NoDataShape):
+    """Meets the contract on the few examples it is checked on, then fails on a training batch: only a
+    training step finds it (hlvm compare's preflight takes one before training any model)."""
+    data_shape = (1, 8, 8)
+
+    def __init__(self):
+        super().__init__()
+        self.dec = torch.nn.Linear(2, 64)
+
+    def model(self, x):
+        pyro.module("dec", self.dec)
+        with pyro.plate("data", x.shape[0]):
+            z = pyro.sample("z", dist.Normal(x.new_zeros(x.shape[0], 2), 1.0).to_event(1))
+            logits = self.dec(z)
+            if x.shape[0] > 5:
+                logits = logits[:, :10]
+            pyro.sample("x", dist.Bernoulli(logits=logits).to_event(1), obs=x.reshape(x.shape[0], -1))
+
+    def guide(self, x):
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("z", dist.Normal(x.new_zeros(x.shape[0], 2), 1.0).to_event(1))
