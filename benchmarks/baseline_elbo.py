@@ -36,63 +36,20 @@ import time
 
 import _common as C  # noqa: I001
 import pyro
-import pyro.distributions as dist
 import torch
 from pyro.infer import SVI, Trace_ELBO, TraceMeanField_ELBO
-from torch import nn
 
 from hlvm.data import batches, load_dataset, validation_split
+from hlvm.registry import load_class
 from hlvm.zoo import VAE
 
 
 # ------------------------------------------------------------------------------ the stock baseline
-class Encoder(nn.Module):
-    def __init__(self, z_dim=50, hidden_dim=400):
-        super().__init__()
-        self.fc1 = nn.Linear(784, hidden_dim)
-        self.fc21 = nn.Linear(hidden_dim, z_dim)
-        self.fc22 = nn.Linear(hidden_dim, z_dim)
-        self.softplus = nn.Softplus()
-
-    def forward(self, x):
-        hidden = self.softplus(self.fc1(x.reshape(-1, 784)))
-        return self.fc21(hidden), torch.exp(self.fc22(hidden))
-
-
-class Decoder(nn.Module):
-    def __init__(self, z_dim=50, hidden_dim=400):
-        super().__init__()
-        self.fc1 = nn.Linear(z_dim, hidden_dim)
-        self.fc21 = nn.Linear(hidden_dim, 784)
-        self.softplus = nn.Softplus()
-
-    def forward(self, z):
-        return torch.sigmoid(self.fc21(self.softplus(self.fc1(z))))
-
-
-class BaselineVAE(nn.Module):
-    """Pyro's tutorial VAE (https://pyro.ai/examples/vae.html), unchanged apart from sizes."""
-
-    def __init__(self, z_dim=50, hidden_dim=400):
-        super().__init__()
-        self.encoder = Encoder(z_dim, hidden_dim)
-        self.decoder = Decoder(z_dim, hidden_dim)
-        self.z_dim = z_dim
-
-    def model(self, x):
-        pyro.module("decoder", self.decoder)
-        with pyro.plate("data", x.shape[0]):
-            z_loc = x.new_zeros(torch.Size((x.shape[0], self.z_dim)))
-            z_scale = x.new_ones(torch.Size((x.shape[0], self.z_dim)))
-            z = pyro.sample("latent", dist.Normal(z_loc, z_scale).to_event(1))
-            loc_img = self.decoder(z)
-            pyro.sample("obs", dist.Bernoulli(loc_img, validate_args=False).to_event(1), obs=x.reshape(-1, 784))
-
-    def guide(self, x):
-        pyro.module("encoder", self.encoder)
-        with pyro.plate("data", x.shape[0]):
-            z_loc, z_scale = self.encoder(x)
-            pyro.sample("latent", dist.Normal(z_loc, z_scale).to_event(1))
+def BaselineVAE(z_dim=50, hidden_dim=400):
+    """Pyro's tutorial VAE (https://pyro.ai/examples/vae.html) as the tutorial writes it: the gallery's
+    examples/gallery/tutorial_vae.py, loaded as ``hlvm train FILE:Class`` loads a user's file."""
+    path = C.ROOT + "/examples/gallery/tutorial_vae.py"
+    return load_class(f"{path}:VAE")(z_dim=z_dim, hidden_dim=hidden_dim)
 
 
 # ------------------------------------------------------------------------------ train / evaluate
