@@ -149,7 +149,7 @@ def _saved_config(out: str, resume: bool) -> dict | None:
 def run(args):
     import os
 
-    from hlvm.training import EvaluationFailed, Trainer, TrainingDiverged
+    from hlvm.training import PREEMPTED_EXIT, CheckpointWriteError, EvaluationFailed, Preempted, Trainer, TrainingDiverged
 
     out = args.out or os.path.join("runs", os.path.basename(args.model).replace(":", "-").replace(".py", ""))
     cfg = config_from(args, args.model, out, _saved_config(out, args.resume))
@@ -157,9 +157,13 @@ def run(args):
     trainer = Trainer(cfg)
     try:
         result = trainer.fit()
-    except (TrainingDiverged, EvaluationFailed) as e:
+    except (TrainingDiverged, EvaluationFailed, CheckpointWriteError) as e:
         print(f"hlvm train: {e}", file=sys.stderr)
         raise SystemExit(1)
+    except Preempted as e:
+        if trainer.is_main:
+            print(f"hlvm train: {e}", file=sys.stderr)
+        raise SystemExit(PREEMPTED_EXIT)
     if trainer.is_main:
         last = result["history"][-1] if result["history"] else None
         elbo = (f"test ELBO {last['test_elbo']:.3f} nats ({last['test_bpd']:.4f} bits/dim) at step {last['step']}"

@@ -20,6 +20,7 @@ Example::
 
 from __future__ import annotations
 
+import pickle
 from typing import Callable, NamedTuple
 
 import pyro
@@ -163,7 +164,14 @@ class SingleOptim(PyroOptim):
         torch.save(self.get_state(), filename)
 
     def load(self, filename: str, map_location=None) -> None:
-        self.set_state(torch.load(filename, map_location=map_location, weights_only=False))
+        """Load a state written by :meth:`save` without running code (``weights_only=True``: a file
+        that would call anything to be rebuilt is refused with a ValueError)."""
+        try:
+            state = torch.load(filename, map_location=map_location, weights_only=True)
+        except pickle.UnpicklingError as e:
+            raise ValueError(f"optimizer state {filename!r} was refused: rebuilding it would run code "
+                             f"({str(e).splitlines()[-1].strip()[:200]})") from None
+        self.set_state(state)
 
 
 def Adam(optim_args: dict | None = None, clip_norm: float | None = None, skip_norm: float | None = None) -> SingleOptim:

@@ -46,12 +46,13 @@ from ..programs.elbo import DiffusionELBO
 from ..eval import evaluate
 from ..limits import model_label
 from ..registry import build_model, check_model_options
-from .checkpoints import CHECKPOINT, load_checkpoint, load_run_checkpoint, rng_state, save_checkpoint, set_rng_state
+from .checkpoints import CHECKPOINT, FORMAT, load_checkpoint, load_run_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .checks import QUIET_ON_RESUME, check_data_fits, clean_stale_tmp, config_changes, prepare_run_folder
 from .compile import RecordedLoss
 from .lr_schedule import learning_rate
 from .config import TrainConfig
 from .ema import EMA
+from .preemption import Preempted, PreemptionGuard
 from .preflight import training_objective
 from .monitor import RunMonitor, elbo_terms, sample_grid
 from .parallel import Processes, join_processes
@@ -260,7 +261,7 @@ class Trainer:
         """What a checkpoint holds: config, model, optimizer, estimator, random states, data order,
         loop counters, history and EMA weights."""
         return {
-            "version": 1, "config": asdict(self.cfg), "model": self.model.state_dict(),
+            "version": FORMAT, "config": asdict(self.cfg), "model": self.model.state_dict(),
             "optim": self.optim.get_state(),
             "estimator": self.estimator.state_dict() if isinstance(self.estimator, DiffusionELBO) else None,
             "rng": rng_state(), "gen": self.gen.get_state(), "perm": self.perm, "batch_idx": self.batch_idx,
@@ -298,11 +299,14 @@ class Trainer:
         monitor = RunMonitor(self.cfg, self.data, self.total_steps, self.step, enabled=self.is_main)
         start, steps_run = time.perf_counter(), 0
         try:
-            while self.step < self.total_steps:
-                record = self._train_step()
-                steps_run += 1
-                monitor.on_step(record)
-                self._evaluate_and_checkpoint(record, monitor, start, steps_run)
+            with PreemptionGuard(self.world, self.device) as guard:
+                while self.step < self.total_steps:
+                    record = self._train_step()
+                    steps_run += 1
+                    monitor.on_step(record)
+                    self._evaluate_and_checkpoint(record, monitor, start, steps_run)
+                    if guard.requested():  # SIGTERM/SIGINT: stop after this step, every rank at the same one
+                        self._stop_on_signal(guard)
         finally:
             monitor.close()
         if self.is_main:
@@ -378,6 +382,20 @@ class Trainer:
             monitor.on_eval(self.step, ev, samples=self.sample_grid)
         if self.step % (self.cfg.checkpoint_every or epoch) == 0 or self.step == total:
             self.save()
+
+    def _stop_on_signal(self, guard: PreemptionGuard) -> None:
+        """Write the checkpoint of the step just finished (rank 0; the others wait for it) and the
+        history, then raise :class:`Preempted`."""
+        guard.hold()
+        self.save()
+        if self.world > 1:
+            import torch.distributed as dist
+
+            dist.barrier()  # no rank exits (and makes torchrun stop the others) before the checkpoint is on disk
+        if self.is_main:
+            self._write_history()
+            self.log(f"{guard.signame}: stopped after step {self.step}; checkpoint saved at {self.ckpt_path}")
+        raise Preempted(guard.signame, self.step, self.ckpt_path)
 
     def _write_history(self) -> None:
         with open(os.path.join(self.cfg.out, "history.json"), "w") as f:

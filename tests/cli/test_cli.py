@@ -165,5 +165,5 @@ def test_nan_loss_stops_with_clear_message(tmp_path):
     assert "loss became nan at step 5" in r.stderr and "last good checkpoint is kept" in r.stderr
     assert "Traceback" not in r.stderr
     import torch
-    ck = torch.load(out / "checkpoint.pt", weights_only=False)
+    ck = torch.load(out / "checkpoint.pt", weights_only=True)
     assert ck["step"] == 4

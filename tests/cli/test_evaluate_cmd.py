@@ -48,7 +48,7 @@ def _numbers(out: dict) -> dict:
 
 
 def _model(run, weights):
-    ck = torch.load(run / "checkpoint.pt", weights_only=False)
+    ck = torch.load(run / "checkpoint.pt", weights_only=True)
     m = build_model("vae", ck["data"]["shape"], ck["data"]["kind"])
     m.load_state_dict(ck[weights])
     return m.eval()

@@ -27,7 +27,7 @@ def _env():
 
 def _step(path) -> int:
     try:
-        return torch.load(path, weights_only=False)["step"]
+        return torch.load(path, weights_only=True)["step"]
     except Exception:  # not written yet
         return 0
 
