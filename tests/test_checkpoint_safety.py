@@ -187,3 +187,13 @@ def test_sigterm_under_torchrun_saves_one_agreed_step_and_resumes_exactly(tmp_pa
                            text=True)
     assert again.returncode == 0, again.stderr[-2000:]
     assert _losses(cut) == _losses(full)
+
+
+def test_a_damaged_metrics_file_is_a_clear_error_on_resume(tmp_path, capsys):
+    run = _small_run(tmp_path)
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    lines[1] = lines[1][: len(lines[1]) // 2]  # a record cut in the middle of the file, not a torn tail
+    (run / "metrics.jsonl").write_text("\n".join(lines) + "\n")
+    assert main(["train", "vae", "--data", "digits", "--steps", "8", "--out", str(run), "--resume", "--threads", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "metrics file" in err and "corrupt at record 2" in err, err

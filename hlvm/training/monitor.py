@@ -55,13 +55,19 @@ def elbo_terms(ev: dict) -> dict:
 
 def read_metrics(folder: str) -> list[dict]:
     """The records of a run folder's metrics file (empty when it has none); a last line torn by a
-    run killed mid-write is dropped."""
+    run killed mid-write is dropped, a damaged line before it is a ValueError naming the record."""
     path = os.path.join(folder, METRICS)
     if not os.path.isfile(path):
         return []
-    with open(path) as f:
+    with open(path, errors="replace") as f:
         lines = [line for line in f if line.strip()]
-    records = [json.loads(line) for line in lines[:-1]]
+    records = []
+    for i, line in enumerate(lines[:-1], start=1):
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError as e:  # not a torn tail: the file was damaged, so say where
+            raise ValueError(f"metrics file {path} is corrupt at record {i} ({e.msg}); move it aside to "
+                             "resume without the earlier records") from None
     try:
         records += [json.loads(line) for line in lines[-1:]]
     except json.JSONDecodeError:
