@@ -234,6 +234,37 @@ def compiled_step(model, elbo, x, lr=1e-3, validation=True, check_every=100, cud
     return step
 
 
+def default_step(name: str, model, x, lr=1e-3):
+    """What ``hlvm train NAME`` runs with no flag, past any KL warm-up: the recorded step (on by default)
+    on the objective of the model's training recipe (:func:`hlvm.registry.training_defaults`: its
+    estimator options, free bits), with the recipe's gradient clipping and EMA update.  Where the
+    objective cannot be recorded the step falls back to Pyro's, as the Trainer does (``step.svi``
+    says why)."""
+    import hlvm.training.optim
+    from hlvm.registry import with_training_defaults
+    from hlvm.training import TrainConfig
+    from hlvm.training.compile import compile_step
+    from hlvm.training.ema import EMA
+    from hlvm.training.preflight import training_objective
+
+    cfg = with_training_defaults(TrainConfig(model=name, lr=lr), set())
+    _, objective = training_objective(cfg, model)
+    svi = compile_step(model.model, model.guide, objective, hlvm.training.optim.Adam({"lr": lr}, clip_norm=cfg.grad_clip),
+                       log=lambda msg: None)
+    ema = EMA.of(model, cfg.ema) if cfg.ema > 0 else None
+    count = [0]
+
+    def step():
+        loss = svi.step(x)
+        count[0] += 1
+        if ema is not None:
+            ema.update(model, count[0])
+        return loss
+
+    step.svi = svi
+    return step
+
+
 def module_step(model, elbo, x, lr=1e-3, validation=True):
     """The ELBOModule path: ``elbo(model.model, model.guide)`` with local params + torch.optim.Adam."""
     loss_mod = elbo(model.model, model.guide)

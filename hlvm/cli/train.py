@@ -48,8 +48,11 @@ def add_common(p):
                    "(0: a bar on a terminal, about 20 lines a run otherwise)")
     p.add_argument("--tensorboard", action="store_true", help="also log losses, ELBO terms and sample grids for "
                    "TensorBoard into the run folder (metrics.jsonl is always written)")
-    p.add_argument("--compile", action="store_true", help="record the SVI step once per batch shape and replay it "
-                   "without Pyro's per-site cost (hlvm.training.compile; the same losses, checked against Pyro every 100 steps)")
+    p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
+                   help="record the SVI step once per batch shape and replay it without Pyro's per-site cost "
+                        "(hlvm.training.compile; the same losses, checked against Pyro every 100 steps; falls back to "
+                        "Pyro's step with one notice where a step cannot be recorded). On by default: --no-compile "
+                        "runs Pyro's step throughout")
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: the cores other work "
                    "leaves free, from the load average; recorded in the run)")
 

@@ -61,8 +61,6 @@ def validate_config(cfg) -> None:
     check_int("--seed", cfg.seed, 0, MAX_SEED)
     if not (_is_number(cfg.ema) and 0 <= cfg.ema < 1):
         raise ValueError(f"--ema must be a number in [0, 1) (0: off), got {cfg.ema!r}")
-    if cfg.compile and cfg.amp:
-        raise ValueError("--compile and --amp exclude each other: the recorded step is float32 (use one of them)")
     if cfg.amp and not cfg.device.startswith("cuda"):
         raise ValueError("--amp (bf16 mixed precision) needs --device cuda")
     check_int("--eval-every", cfg.eval_every, 0, note=" (0: each epoch)")

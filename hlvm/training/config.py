@@ -47,7 +47,7 @@ class TrainConfig:
     progress: bool = True
     log_every: int = 0
     tensorboard: bool = False
-    compile: bool = False
+    compile: bool = True
     threads: int | None = None
     model_kwargs: dict = field(default_factory=dict)
     #: options of the ELBO estimator's constructor (:class:`~hlvm.DiffusionELBO`: ``sampler``,

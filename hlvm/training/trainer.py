@@ -206,7 +206,8 @@ class Trainer:
         KL warm-up, where β changes every step."""
         cfg, model = self.cfg, self.model
         optim = hlvm_optim.Adam({"lr": cfg.lr}, clip_norm=cfg.grad_clip, skip_norm=cfg.skip_norm)
-        recorded = RecordedLoss(model.model, model.guide, self.estimator, log=self.log) if cfg.compile else None
+        # the recorded step is float32: bf16 (--amp) runs Pyro's step
+        recorded = RecordedLoss(model.model, model.guide, self.estimator, log=self.log) if cfg.compile and not cfg.amp else None
         objective = ShardedLoss(self.estimator, model, self.processes, cfg.grad_shards, cfg.seed, amp=cfg.amp,
                                 recorded=recorded, guard_gradients=cfg.skip_norm is None)
         svi = SVIStep(model.model, model.guide, optim, objective, cfg.kl_warmup, clock=lambda: self.step)
@@ -323,7 +324,13 @@ class Trainer:
             cfg, d = self.cfg, self.data
             self.log(f"{model_label(cfg.model, cfg.model_kwargs)}: {d.name} ({d.kind}{', dynamic binarization' if d.dynamic else ''}), "
                      f"{d.train.shape[0]:,} training / {d.test.shape[0]:,} test examples; {cfg.estimator} estimator "
-                     f"{type(self.estimator).__name__}; steps {self.step} → {self.total_steps}")
+                     f"{type(self.estimator).__name__}; {self._step_kind()}; steps {self.step} → {self.total_steps}")
+
+    def _step_kind(self) -> str:
+        """Which update runs: the recorded step (the default), or Pyro's and why."""
+        if self.recorded is not None:
+            return "recorded step (--no-compile: Pyro's)"
+        return "Pyro's step (--amp)" if self.cfg.compile else "Pyro's step (--no-compile)"
 
     def _train_step(self) -> StepRecord:
         """One step of the loop — the next batch, the update, the EMA — and its record, timed."""

@@ -160,10 +160,25 @@ def test_nan_loss_stops_with_clear_message(tmp_path):
         "        return out\n")
     out = tmp_path / "run"
     r = hlvm("train", f"{src}:NaNVAE", "--data", "digits", "--steps", "10", "--batch-size", "32", "--eval-examples", "32",
-             "--eval-every", "100", "--checkpoint-every", "2", "--no-progress", "--out", out)
+             "--eval-every", "100", "--checkpoint-every", "2", "--no-progress", "--out", out,
+             "--no-compile")  # NaN armed by Python state: Pyro's step reruns the program, the recorded one replays it
     assert r.returncode == 1, r.stderr
     assert "loss became nan at step 5" in r.stderr and "last good checkpoint is kept" in r.stderr
     assert "Traceback" not in r.stderr
     import torch
     ck = torch.load(out / "checkpoint.pt", weights_only=True)
     assert ck["step"] == 4
+
+
+def test_the_recorded_step_is_the_default_and_no_compile_opts_out(tmp_path, capsys):
+    """Issue 24: ``hlvm train`` with no flag runs the recorded step and says so; --no-compile runs Pyro's."""
+    from hlvm.cli import main
+    from hlvm.training import load_run_checkpoint
+
+    common = ["train", "vae", "--data", "mnist5k", "--steps", "3", "--batch-size", "16", "--eval-examples", "16",
+              "--no-progress", "--threads", "1", "--set", "latent_dim=2", "hidden=8"]
+    assert main([*common, "--out", str(tmp_path / "a")]) == 0
+    assert "; recorded step (--no-compile: Pyro's); steps 0 → 3" in capsys.readouterr().out
+    assert load_run_checkpoint(str(tmp_path / "a"))["config"]["compile"] is True
+    assert main([*common, "--out", str(tmp_path / "b"), "--no-compile"]) == 0
+    assert "; Pyro's step (--no-compile); steps 0 → 3" in capsys.readouterr().out
