@@ -25,12 +25,30 @@ References: Kingma et al. 2021, Appendix I.2; Nichol & Dhariwal 2021, §3.3; Hes
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 from torch import nn
 
-__all__ = ["TimestepSampler", "SAMPLERS"]
+__all__ = ["TimestepSampler", "SAMPLERS", "deferred_updates"]
 
 SAMPLERS = ("uniform", "antithetic", "importance")
+
+#: while a :func:`deferred_updates` block runs: the ``(sampler, t, term)`` of every history update
+_DEFERRED: list | None = None
+
+
+@contextlib.contextmanager
+def deferred_updates():
+    """Inside the block, :meth:`TimestepSampler.update` records its arguments in the yielded list
+    instead of writing the history: the recorded step (:mod:`hlvm.training.compile`) returns them
+    from its graph and applies them after each replay, so the graph itself writes into no buffer."""
+    global _DEFERRED
+    saved, _DEFERRED = _DEFERRED, []
+    try:
+        yield _DEFERRED
+    finally:
+        _DEFERRED = saved
 
 
 class TimestepSampler(nn.Module):
@@ -66,15 +84,12 @@ class TimestepSampler(nn.Module):
         return torch.rand(n, device=device, dtype=dtype, generator=generator)
 
     def forward(self, n: int, device=None, dtype=torch.float32, generator=None):
-        """Return ``(t, weight)`` of shape (n,)."""
-        if self.kind == "importance" and bool((self.count >= self.warmup).all()):
-            p = self.sq_mean.sqrt()
-            p = p / p.sum() if bool(p.sum() > 0) else torch.full_like(p, 1.0 / self.bins)
-            p = (1 - self.uniform_share) * p + self.uniform_share / self.bins  # defensive: p_k ≥ λ/K
-            k = torch.multinomial(p.to(device=device), n, replacement=True, generator=generator)
-            w = (1.0 / (self.bins * p.to(device=device)[k])).to(dtype)
-            u = torch.rand(n, device=device, dtype=dtype, generator=generator)
-            pos = (k.to(dtype) + u) / self.bins  # continuous position in [0, 1)
+        """Return ``(t, weight)`` of shape (n,).
+
+        Branch-free (no value leaves the device): the recorded step (:mod:`hlvm.training.compile`)
+        can record it, and on CUDA it costs no synchronisation."""
+        if self.kind == "importance":
+            pos, w = self._importance(n, device, dtype, generator)
         else:
             pos = self._uniform01(n, device, dtype, generator)
             w = torch.ones(n, device=device, dtype=dtype)
@@ -83,20 +98,36 @@ class TimestepSampler(nn.Module):
         i = (pos * self.T).floor().clamp(max=self.T - 1) + 1  # i ∈ {1..T}
         return i / self.T, w
 
+    def _importance(self, n, device, dtype, generator):
+        """Bins from the defensive mixture p_k = (1 − λ) p̃_k + λ/K (uniform until every bin has its
+        ``warmup`` observations), uniform within a bin, weight 1/(K p_k)."""
+        root = self.sq_mean.sqrt()
+        total = root.sum()
+        p_hat = torch.where(total > 0, root / total.clamp(min=torch.finfo(root.dtype).tiny), 1.0 / self.bins)
+        mixed = (1 - self.uniform_share) * p_hat + self.uniform_share / self.bins  # defensive: p_k ≥ λ/K
+        p = torch.where((self.count >= self.warmup).all(), mixed, torch.full_like(mixed, 1.0 / self.bins)).to(device=device)
+        k = torch.multinomial(p, n, replacement=True, generator=generator)
+        w = (1.0 / (self.bins * p[k])).to(dtype)
+        u = torch.rand(n, device=device, dtype=dtype, generator=generator)
+        return (k.to(dtype) + u) / self.bins, w  # continuous position in [0, 1)
+
     @torch.no_grad()
     def update(self, t: torch.Tensor, term: torch.Tensor) -> None:
-        """Record per-example diffusion terms (unweighted) at times t for the importance sampler."""
+        """Record per-example diffusion terms (unweighted) at times t for the importance sampler: each
+        bin's running mean of term² (its batch mean, decayed by ``decay``; the first one taken as is)."""
         if self.kind != "importance":
+            return
+        if _DEFERRED is not None:
+            _DEFERRED.append((self, t.detach(), term.detach()))
             return
         if self.T is not None and self.bins == self.T:
             k = (t * self.T).round().long().clamp(1, self.T) - 1
         else:
             k = (t * self.bins).floor().long().clamp(0, self.bins - 1)
-        k, sq = k.reshape(-1).cpu(), term.detach().double().reshape(-1).pow(2).cpu()
-        for b in torch.unique(k).tolist():
-            v = sq[k == b].mean()
-            if self.count[b] == 0:
-                self.sq_mean[b] = v
-            else:
-                self.sq_mean[b] = self.decay * self.sq_mean[b] + (1 - self.decay) * v
-            self.count[b] += 1
+        k, sq = k.reshape(-1).to(self.sq_mean.device), term.detach().to(self.sq_mean).reshape(-1).pow(2)
+        sums = torch.zeros_like(self.sq_mean).index_add_(0, k, sq)
+        seen = torch.zeros_like(self.sq_mean).index_add_(0, k, torch.ones_like(sq))
+        v = sums / seen.clamp(min=1)
+        new = torch.where(self.count == 0, v, self.decay * self.sq_mean + (1 - self.decay) * v)
+        self.sq_mean.copy_(torch.where(seen > 0, new, self.sq_mean))
+        self.count.add_((seen > 0).long())

@@ -15,8 +15,11 @@ Safeguards (each a one-line notice and Pyro's own step from then on):
 * every ``check_every`` calls, and on the first call of each new input signature, the step is
   computed both ways from the same random state and compared (to rounding);
 * a record is refused if a parameter would be baked in as a constant (one the recorder cannot
-  reach), if it mutates state (running statistics, an adaptive time sampler's history), or if the
-  guide has non-reparameterized sites (whose surrogate loss is not the ELBO);
+  reach), if it mutates state (running statistics), or if the guide has non-reparameterized sites
+  (whose surrogate loss is not the ELBO);
+* an importance time sampler's history is the one state a step legitimately writes: the record
+  returns the sampler's inputs (:func:`hlvm.diffusion.timesteps.deferred_updates`) and the update
+  runs after each replay, outside the graph — so VDM's recipe records too;
 * a new input shape, dtype or device records again (a per-signature cache).
 
 The two places where recording needs Pyro's private state are isolated in
@@ -43,6 +46,7 @@ from pyro import poutine
 from pyro.infer.util import zero_grads
 from pyro.poutine.util import prune_subsample_sites
 
+from ..diffusion.timesteps import deferred_updates
 from .checkpoints import rng_state, set_rng_state
 from .pyro_internals import ParamSlots, without_readouts
 
@@ -140,11 +144,15 @@ class RecordedLoss:
             return None, f"{len(params) - len(slots.reached)} parameter(s) live outside the hierarchy's modules and the param store"
         elbo, model, guide = self.elbo, self.model, self.guide
 
+        samplers: list = []  # the time samplers whose history updates the record returns (deferred_updates)
+
         def step(ps, a):
-            with slots.swapped(ps), pyro.validation_enabled(False), without_readouts():
+            with slots.swapped(ps), pyro.validation_enabled(False), without_readouts(), deferred_updates() as pending:
                 loss = elbo.differentiable_loss(model, guide, *a, **kwargs)
             grads = torch.autograd.grad(loss, ps, allow_unused=True)
-            return loss, [torch.zeros_like(p) if g is None else g for p, g in zip(ps, grads)]
+            samplers[:] = [s for s, _, _ in pending]
+            updates = [v for _, t, term in pending for v in (t, term)]
+            return loss, [torch.zeros_like(p) if g is None else g for p, g in zip(ps, grads)], updates
 
         inputs = [p.detach().requires_grad_(True) for p in params]
         try:
@@ -162,6 +170,7 @@ class RecordedLoss:
         # Random draws all feed the loss, so the random stream is unchanged (the first replay checks it).
         graph.graph.eliminate_dead_code()
         graph.recompile()
+        graph.samplers = list(samplers)
         return graph, None
 
     def _reparameterized(self, *args, **kwargs) -> bool:
@@ -198,7 +207,10 @@ class RecordedLoss:
         if check:
             state = rng_state()
         with torch.no_grad():  # the record computes the gradients itself
-            loss, grads = graph(params, list(args))
+            loss, grads, updates = graph(params, list(args))
+        if not check:  # the time samplers' history, written here rather than by the graph (Pyro's step writes it on checks)
+            for sampler, t, term in zip(graph.samplers, updates[0::2], updates[1::2]):
+                sampler.update(t, term)
         if check:
             set_rng_state(state)
             ref_loss, ref_params, ref_grads = self.pyro_loss_and_grads(*args, **kwargs)
@@ -230,6 +242,7 @@ class _CudaGraphStep:
         if not all(isinstance(a, torch.Tensor) and a.is_cuda for a in args) or not all(p.is_cuda for p in params):
             raise ValueError("cuda_graph=True needs the parameters and the batch on a CUDA device")
         self.inputs = [a.clone() for a in args]
+        self.samplers = graph.samplers
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side), torch.no_grad():
@@ -244,8 +257,8 @@ class _CudaGraphStep:
         for buffer, a in zip(self.inputs, args):
             buffer.copy_(a)
         self.graph.replay()
-        loss, grads = self.outputs
-        return loss.clone(), [g.clone() for g in grads]
+        loss, grads, updates = self.outputs
+        return loss.clone(), [g.clone() for g in grads], [u.clone() for u in updates]
 
 
 class CompiledSVI:
