@@ -44,11 +44,27 @@ class EMA:
     def update(self, module: torch.nn.Module, step: int | None = None) -> None:
         """θ̄ ← d · θ̄ + (1 − d) · θ after an update of the module, d = :meth:`decay_at` (``step``)."""
         d = self.decay_at(step)
-        for k, v in module.state_dict().items():
-            if v.dtype.is_floating_point:
-                self.shadow[k].mul_(d).add_(v.detach(), alpha=1 - d)
-            else:
-                self.shadow[k].copy_(v)
+        averaged, live, copied, sources = self._pairs(module)
+        if averaged:  # one fused kernel per op over every tensor (torch._foreach_*), not one call per tensor
+            torch._foreach_mul_(averaged, d)
+            torch._foreach_add_(averaged, live, alpha=1 - d)
+        for target, source in zip(copied, sources):
+            target.copy_(source)
+
+    def _pairs(self, module):
+        """(θ̄ floating entries, the module's matching tensors, θ̄ other entries, theirs), read from the
+        module's state dict once and kept while θ̄ and the module are the same objects.  The module's
+        entries are held as its Parameter objects (``keep_vars``), which ``.to()`` and
+        ``load_state_dict`` update in place; a buffer the module replaces re-reads them."""
+        key = (id(self.shadow), id(module), tuple(id(b) for b in module.buffers()))
+        if getattr(self, "_pairs_key", None) != key:
+            state = module.state_dict(keep_vars=True)
+            floats = [k for k, v in state.items() if v.dtype.is_floating_point]
+            others = [k for k, v in state.items() if not v.dtype.is_floating_point]
+            self._pairs_cache = ([self.shadow[k] for k in floats], [state[k].detach() for k in floats],
+                                 [self.shadow[k] for k in others], [state[k] for k in others])
+            self._pairs_key = key
+        return self._pairs_cache
 
     def swap(self, module: torch.nn.Module) -> None:
         """Exchange the module's weights and θ̄ (a second call restores both)."""
