@@ -306,7 +306,9 @@ class Trainer:
                     steps_run += 1
                     monitor.on_step(record)
                     self._evaluate_and_checkpoint(record, monitor, start, steps_run)
-                    if guard.requested():  # SIGTERM/SIGINT: stop after this step, every rank at the same one
+                    # SIGTERM/SIGINT: stop after this step, every rank at the same one (after the last step
+                    # the run ends anyway: no extra collective there, where ranks start to leave)
+                    if self.step < self.total_steps and guard.requested():
                         self._stop_on_signal(guard)
         finally:
             monitor.close()
