@@ -77,9 +77,11 @@ class ContinuumProfile:
 
 
 PROFILES = {
-    # meant to fit ≤ 2 hours on 2 cores for 4 HVAE families × 6 depths + 7 VDM points; not yet timed (its
-    # first run records each point's seconds in docs/continuum.json: adjust epochs / K from those)
-    "cpu": ContinuumProfile("cpu"),
+    # ≤ 2 hours on 2 cores for 4 HVAE families × 6 depths + 7 VDM points.  Timed at 1 thread (60 steps,
+    # hidden 256): a step costs 28 ms (a, L = 1) … 176 ms (a, L = 32), 167 ms (b, 32), 330 ms (c, 32),
+    # 491 ms (d, 32), 34 ms (VDM): ≈ 45 min of training for 2 epochs at every point; IWAE with K = 1,000 on
+    # 1,000 images would add ≈ 85 min, K = 200 adds ≈ 17 (the K is stated on the page beside every bound)
+    "cpu": ContinuumProfile("cpu", K=200),
     "smoke": ContinuumProfile("smoke", data="digits", epochs=None, steps=6, batch_size=32, hidden=16, depths=(1, 2),
                               K=4, iwae_examples=8, elbo_examples=16, pfode_examples=2, threads=1,
                               extra={"vdm": {"depth": 1}}),
