@@ -14,6 +14,7 @@ so ``hlvm --help`` and each command's parser never load torch or Pyro.
 """
 
 import importlib
+import importlib.util
 
 __version__ = "0.1.0"
 
@@ -52,8 +53,8 @@ __all__ = [*_WHERE, *_SUBMODULES]
 def __getattr__(name: str):
     if name in _WHERE:
         value = getattr(importlib.import_module(f".{_WHERE[name]}", __name__), name)
-    elif name in _SUBMODULES:
-        value = importlib.import_module(f".{name}", __name__)
+    elif name in _SUBMODULES or importlib.util.find_spec(f"{__name__}.{name}") is not None:
+        value = importlib.import_module(f".{name}", __name__)  # hlvm.training, hlvm.eval, … as attributes
     else:
         raise AttributeError(f"module 'hlvm' has no attribute {name!r}")
     globals()[name] = value  # the next access is a plain attribute

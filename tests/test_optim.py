@@ -61,6 +61,18 @@ def test_single_optim_frees_gradients_and_uses_one_optimizer():
     assert sorted(n for g in optim.get_state()["groups"] for n in g) == sorted(pyro.get_param_store().keys())
 
 
+@pytest.mark.parametrize("args, fused", [({}, True), ({"foreach": True}, None), ({"fused": False}, False)])
+def test_single_optim_uses_the_fused_kernel_unless_the_user_chose_one(args, fused):
+    optim = hlvm.training.optim.Adam({"lr": 1e-3, **args})
+    _run(optim, 2, _data())
+    assert optim.optim.defaults.get("fused") == fused
+    # a state written by either kernel resumes under the other: the moments are the same tensors
+    other = hlvm.training.optim.Adam({"lr": 1e-3, **({} if args else {"foreach": True})})
+    other.set_state(optim.get_state())
+    m, _, losses = _run(other, 2, _data())
+    assert all(torch.isfinite(torch.tensor(losses)))
+
+
 def test_single_optim_state_resumes_exactly():
     x = _data()
     _, _, uninterrupted = _run(hlvm.training.optim.Adam({"lr": 1e-2}), 10, x)

@@ -7,7 +7,8 @@ accumulates into.  :class:`SingleOptim` keeps SVI's contract — it is called wi
 captured in the step, and parameters first seen later join as a new param group — but steps them all
 in one call, as a plain ``torch.optim.Adam(model.parameters())`` would, and frees the gradients
 afterwards (``zero_grad(set_to_none=True)``), so SVI's zeroing has nothing left to do.  The updates
-are identical to ``pyro.optim.Adam``'s (Adam is elementwise); ``benchmarks/step_overhead.py``
+are ``pyro.optim.Adam``'s to rounding (Adam is elementwise), computed by torch's fused kernel where
+the parameters allow it (:meth:`SingleOptim._kernel_args`); ``benchmarks/step_overhead.py``
 measures what this saves.
 
 Example::
@@ -87,7 +88,8 @@ class SingleOptim(PyroOptim):
             if missing:
                 raise ValueError(f"optimizer state names parameters that this step did not capture: {missing[:3]}")
             groups = [[by_name[n] for n in group] for group in self._pending["groups"]]
-            self.optim = self.pt_optim_constructor([{"params": g} for g in groups], **self.pt_optim_args)
+            self.optim = self.pt_optim_constructor([{"params": g} for g in groups],
+                                                   **self._kernel_args([p for g in groups for p in g]))
             self.optim.load_state_dict(self._pending["optim"])
             if "lr" in self.pt_optim_args:  # the current rate (set_lr), not the one saved with the moments
                 for g in self.optim.param_groups:
@@ -100,11 +102,25 @@ class SingleOptim(PyroOptim):
                 return
         group = {"params": [p for _, p in named]}
         if self.optim is None:
-            self.optim = self.pt_optim_constructor([group], **self.pt_optim_args)
+            self.optim = self.pt_optim_constructor([group], **self._kernel_args([p for _, p in named]))
         else:
             self.optim.add_param_group(group)
         self._groups.append([n for n, _ in named])
         self._members.update(p for _, p in named)
+
+    def _kernel_args(self, params: list) -> dict:
+        """The constructor's arguments, with ``fused=True`` for Adam and AdamW where the user chose no
+        kernel (``fused`` / ``foreach``) and every parameter is a dense floating tensor on the CPU or a
+        CUDA device: one fused kernel per update instead of torch's per-tensor loop, the CPU default
+        (2.1 against 5.1 ms per update for the top-down HVAE's 2.1 M parameters, 1 thread).  The update
+        is Adam's, elementwise, to rounding; a checkpoint keeps the kernel it was written with."""
+        args = dict(self.pt_optim_args)
+        if (self.pt_optim_constructor in (torch.optim.Adam, torch.optim.AdamW)
+                and "fused" not in args and "foreach" not in args
+                and all(p.is_floating_point() and p.layout == torch.strided and p.device.type in ("cpu", "cuda")
+                        for p in params)):
+            args["fused"] = True
+        return args
 
     @property
     def lr(self) -> float:
