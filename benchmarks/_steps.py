@@ -186,8 +186,10 @@ class ValidationSwitch:
         pyro.enable_validation(self.old)
 
 
-def plain_step(model, loss_fn, x, lr=1e-3):
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
+def plain_step(model, loss_fn, x, lr=1e-3, fused=None):
+    """A hand-written training step: ``loss_fn``, backward, ``torch.optim.Adam`` (torch's default kernel;
+    ``fused=True``: its fused kernel, what hlvm's optimizer picks)."""
+    opt = torch.optim.Adam(model.parameters(), lr=lr, fused=fused)
 
     def step():
         loss = loss_fn(x)
