@@ -95,6 +95,20 @@ def test_every_family_builds_at_every_depth_of_the_cpu_profile():
         assert sum(q.numel() for q in m.parameters()) > 0
 
 
+def test_the_recipe_fits_the_budget_fixed_posteriors_train_on_the_elbo():
+    from hlvm.reports.continuum import _config
+
+    p = PROFILES["cpu"]
+    steps = p.epochs * (60000 // p.batch_size)
+    for family, L in points(p):
+        cfg = _config(p, family, L, "unused", 60000)
+        if family in ("diffusion", "diffusion-denoiser"):  # q is fixed: nothing to collapse
+            assert cfg.kl_warmup == 0 and cfg.free_bits == 0, family
+        elif family in ("hvae", "hvae-shared"):  # the recipe's remedies, the warm-up within the budget
+            assert cfg.kl_warmup == round(p.kl_warmup_share * steps) < steps and cfg.free_bits == 0.5, family
+    assert p.kl_warmup_share * steps < 2000  # the class recipe's warm-up would outlast this budget
+
+
 class _VDMDecoder(nn.Module):
     """VDM's own decoder p(x | z_0) (Bernoulli logits 2α₀z/σ₀²), as a module the top-down HVAE can use.
     It holds the VDM's schedule and likelihood, not the VDM (whose chain would make the HVAE a chain model)."""

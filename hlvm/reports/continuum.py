@@ -74,14 +74,17 @@ class ContinuumProfile:
     threads: int = 2
     device: str = "cpu"
     extra: dict = field(default_factory=dict)  # model options for every point (the smoke profile's small nets)
+    #: the learned-posterior families' KL warm-up, as a share of the budget's steps (their class recipe's
+    #: 2,000 steps outlast a short budget: its β would never reach 1)
+    kl_warmup_share: float = 0.25
 
 
 PROFILES = {
-    # ≤ 2 hours on 2 cores for 4 HVAE families × 6 depths + 7 VDM points.  Timed at 1 thread (60 steps,
-    # hidden 256): a step costs 28 ms (a, L = 1) … 176 ms (a, L = 32), 167 ms (b, 32), 330 ms (c, 32),
-    # 491 ms (d, 32), 34 ms (VDM): ≈ 45 min of training for 2 epochs at every point; IWAE with K = 1,000 on
-    # 1,000 images would add ≈ 85 min, K = 200 adds ≈ 17 (the K is stated on the page beside every bound)
-    "cpu": ContinuumProfile("cpu", K=200),
+    # ≤ 2 hours on 2 cores for 4 HVAE families × 6 depths + 7 VDM points.  A 2-epoch run at 1 thread (the
+    # other core busy) took ≈ 10 min per learned-posterior family (training 11 s at L = 1 … 231 s at L = 32,
+    # IWAE 5 … 93 s) and ≈ 15–25 min per fixed-posterior family: ≈ 1 hour for every point; 3 epochs at
+    # 2 threads fit.  IWAE with K = 1,000 would add ≈ 1 hour; K = 200 is stated on the page beside each bound
+    "cpu": ContinuumProfile("cpu", epochs=3, K=200),
     "smoke": ContinuumProfile("smoke", data="digits", epochs=None, steps=6, batch_size=32, hidden=16, depths=(1, 2),
                               K=4, iwae_examples=8, elbo_examples=16, pfode_examples=2, threads=1,
                               extra={"vdm": {"depth": 1}}),
@@ -94,9 +97,10 @@ def points(p: ContinuumProfile) -> list[tuple[str, int | None]]:
     return out + ([("vdm", None)] if "vdm" in p.families else [])
 
 
-def _config(p: ContinuumProfile, family: str, L: int | None, out: str):
+def _config(p: ContinuumProfile, family: str, L: int | None, out: str, n_train: int = 60000):
     """The TrainConfig of one point: the family's options, the depth, the common width and budget,
-    the class's training recipe; resuming ``out``'s checkpoint."""
+    the class's training recipe fitted to the budget (:func:`_budget_recipe`); resuming ``out``'s
+    checkpoint.  ``n_train``: the training images (the budget's steps when it is set in epochs)."""
     from ..data import default_binarization
     from ..registry import with_training_defaults
     from ..training import CHECKPOINT, TrainConfig
@@ -107,7 +111,23 @@ def _config(p: ContinuumProfile, family: str, L: int | None, out: str):
                       steps=p.steps, batch_size=p.batch_size, device=p.device, out=out, progress=False,
                       resume=os.path.exists(os.path.join(out, CHECKPOINT)), eval_examples=500,
                       model_kwargs={**options, **width, **p.extra.get(model, {})}, **{depth_option: L})
-    return with_training_defaults(cfg)
+    steps = p.steps or p.epochs * max(1, n_train // p.batch_size)
+    return _budget_recipe(with_training_defaults(cfg), options.get("posterior") == "diffusion", steps,
+                          p.kl_warmup_share)
+
+
+def _budget_recipe(cfg, fixed_posterior: bool, steps: int, share: float):
+    """The class recipe's remedies for posterior collapse, fitted to a short budget: a fixed posterior
+    cannot collapse, so families (c) and (d) train on the ELBO itself (no KL warm-up, no free bits: with
+    q fixed, a down-weighted KL only starves the transitions of their gradient); the learned-posterior
+    families warm the KL up over ``share`` of the ``steps``, not the recipe's 2,000 (tuned for 50 epochs)."""
+    from dataclasses import replace
+
+    if fixed_posterior:
+        return replace(cfg, kl_warmup=0, free_bits=0.0)
+    if cfg.kl_warmup:
+        return replace(cfg, kl_warmup=min(cfg.kl_warmup, max(1, round(share * steps))))
+    return cfg
 
 
 def _point(p: ContinuumProfile, data, family: str, L: int | None, runs: str, stem: str, log) -> dict:
@@ -116,7 +136,7 @@ def _point(p: ContinuumProfile, data, family: str, L: int | None, runs: str, ste
     from ..training import Trainer
     from .per_image import save_row_values
 
-    cfg = _config(p, family, L, os.path.join(runs, p.name, _key(family, L)))
+    cfg = _config(p, family, L, os.path.join(runs, p.name, _key(family, L)), len(data.train))
     log(f"== {_key(family, L)}: {cfg.model} {cfg.model_kwargs}, {cfg.epochs or cfg.steps} "
         f"{'epochs' if cfg.epochs else 'steps'}{' — resuming' if cfg.resume else ''}")
     start = time.perf_counter()
@@ -139,7 +159,8 @@ def _point(p: ContinuumProfile, data, family: str, L: int | None, runs: str, ste
              "params": sum(q.numel() for q in model.parameters()), "epochs": result["steps"] / trainer.steps_per_epoch,
              "steps": result["steps"], "seconds": train_seconds + s.seconds, "train_seconds": train_seconds,
              "eval_seconds": s.seconds, "options": {"model": cfg.model, **cfg.model_kwargs, "layers": cfg.layers,
-                                                    "T": cfg.T}}
+                                                    "T": cfg.T},
+             "recipe": {k: getattr(cfg, k) for k in ("kl_warmup", "free_bits", "grad_clip", "ema")}}
     entry["per_image"] = os.path.relpath(save_row_values(stem, _key(family, L), s.per_example), os.path.dirname(stem))
     log(f"   {_key(family, L)}: {bound_type} {bound:.2f} ± {se:.2f}, ELBO {ev['elbo']:.2f} "
         f"({train_seconds:.0f} s training, {s.seconds:.0f} s evaluation)")

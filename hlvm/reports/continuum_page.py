@@ -64,7 +64,9 @@ def write_page(result: dict, stem: str, families: dict) -> str:
         "# The continuum: from a VAE to a diffusion model, one latent layer at a time",
         "",
         f"`hlvm continuum --profile {s['name']}` (resumable; never in CI). Every point: {s['data']}, {budget} at "
-        f"batch {s['batch_size']}, width {s['hidden']}, its class's training recipe; tightest bound = IWAE "
+        f"batch {s['batch_size']}, width {s['hidden']}, its class's training recipe fitted to the budget (the "
+        f"learned posteriors' KL warm-up over {s.get('kl_warmup_share', 0):.0%} of the steps; no warm-up and no free "
+        f"bits for the fixed posteriors, which cannot collapse; each point's recipe is in the JSON); tightest bound = IWAE "
         f"(K = {s['K']}, {s['iwae_examples'] or 'all'} test images) for the families with a learned or fixed guide, "
         f"the PF-ODE bound ({s['pfode_examples'] or 'all'} images) for the continuous-time VDM, the ELBO "
         f"({s['elbo_examples'] or 'all'} images) for a discrete VDM. All are lower bounds on log p(x), nats per "
