@@ -85,7 +85,16 @@ def test_a_continuous_chain_is_scored_with_stratified_nodes():
     assert chosen.exact and chosen.eval_nodes == ELBO_NODES
     for same in (DiffusionELBO(exact=True), DiffusionELBO(weighting="sigmoid")):
         assert scoring_elbo(vdm, same) is same
-    assert scoring_elbo(VDM((1, 8, 8), "binary", T=4, width=32, depth=1), DiffusionELBO()).exact is False
+    # discrete time: all T terms where T is small, else ELBO_NODES systematic draws per example
+    assert scoring_elbo(VDM((1, 8, 8), "binary", T=4, width=32, depth=1), DiffusionELBO()).exact is True
+    long = VDM((1, 8, 8), "binary", T=200, width=32, depth=1).to(device=DEVICE, dtype=DTYPE)
+    many = scoring_elbo(long, DiffusionELBO())
+    assert not many.exact and many.num_t == ELBO_NODES and many.sampler_kind == "antithetic"
+    one_long = evaluate(long, x, elbo=DiffusionELBO(), seed=0)
+    exact_long = evaluate(long, x, elbo=DiffusionELBO(exact=True), seed=0)  # all 200 terms: no time noise
+    s_long = score(long, x, DiffusionELBO(), seed=0)
+    assert s_long.evaluation["nats_se"] < one_long["nats_se"]
+    assert abs(s_long.evaluation["elbo"] - exact_long["elbo"]) < 0.25 * one_long["nats_se"]
     one = evaluate(vdm, x, elbo=DiffusionELBO(), seed=0)
     s = score(vdm, x, DiffusionELBO(), seed=0, pfode_examples=0)
     assert s.evaluation["estimator"] == "DiffusionELBO" and s.evaluation["nats_se"] < one["nats_se"]
