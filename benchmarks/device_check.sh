@@ -25,6 +25,11 @@ say() { echo "[$(date +%H:%M:%S)] $*" | tee -a "$LOG"; }
 if [[ "${NO_VENV:-0}" == 1 ]]; then PY=$BASE; else
   "$BASE" -m venv --system-site-packages "$VENV" >>"$LOG" 2>&1 || say "venv: could not create $VENV"
   PY="$VENV/bin/python"; [[ -x "$PY" ]] || PY=$BASE
+  # a base interpreter that is itself a venv (the CPU rehearsal here) lends its packages by a .pth file
+  if ! "$PY" -c "import torch" 2>/dev/null && "$BASE" -c "import torch" 2>/dev/null; then
+    "$BASE" -c "import sysconfig; p = sysconfig.get_paths(); print(p['purelib']); print(p['platlib'])" \
+      > "$("$PY" -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")/_image_packages.pth"
+  fi
 fi
 say "python: $($PY -c 'import sys, torch; print(sys.version.split()[0], "torch", torch.__version__)' 2>&1)"
 if compgen -G "wheels/*.whl" >/dev/null; then
@@ -43,6 +48,7 @@ $PY benchmarks/device_report.py probe --out "$OUT" | tee -a "$LOG"
 TESTS="tests/programs tests/test_compile.py tests/eval/test_evaluate.py tests/test_checkpoint_safety.py"
 say "tests ($MODE)"
 HLVM_DEVICE=$MODE timeout 200 $PY -m pytest -q -p no:cacheprovider $TESTS -k "not torchrun" > "$OUT/tests.txt" 2>&1
+[[ $? == 124 ]] && echo "TIMED OUT after 200 s (the tests above had passed; the rest did not run)" >> "$OUT/tests.txt"
 tail -1 "$OUT/tests.txt" | tee -a "$LOG"
 
 # -- 2. the step against plain PyTorch

@@ -13,13 +13,16 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.util
 import json
 import os
 import platform
 
 #: modules hlvm imports on the paths the check runs (the data, the CLI, evaluation, rendering, tests)
-NEEDED = ("torch", "pyro", "numpy", "networkx", "tqdm", "matplotlib", "graphviz", "torchdiffeq", "arviz_stats",
+NEEDED = ("torch", "pyro", "numpy", "networkx", "tqdm", "graphviz", "torchdiffeq", "arviz_stats",
           "mlxtend", "sklearn", "PIL", "pytest", "hypothesis", "hlvm", "hlvm.zoo", "hlvm.cli")
+#: modules hlvm imports only off the check's paths (figures: the check draws none), reported, not required
+OPTIONAL = ("matplotlib",)
 
 
 #: the batch size device_check.sh trains with
@@ -42,10 +45,12 @@ def probe(out: str) -> dict:
             found[name] = getattr(module, "__version__", "")
         except Exception as e:  # noqa: BLE001 - any failure to import is what the probe reports
             missing[name] = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
-    result = {"python": platform.python_version(), "found": found, "missing": missing}
+    absent = [name for name in OPTIONAL if importlib.util.find_spec(name) is None]
+    result = {"python": platform.python_version(), "found": found, "missing": missing, "optional_absent": absent}
     with open(os.path.join(out, "probe.json"), "w") as f:
         json.dump(result, f, indent=1)
-    print("probe: " + ("all present" if not missing else "MISSING " + "; ".join(f"{k} ({v})" for k, v in missing.items())))
+    print("probe: " + ("all present" if not missing else "MISSING " + "; ".join(f"{k} ({v})" for k, v in missing.items()))
+          + (f" (absent, not needed by the check: {', '.join(absent)})" if absent else ""))
     return result
 
 
