@@ -109,6 +109,19 @@ def test_the_recipe_fits_the_budget_fixed_posteriors_train_on_the_elbo():
     assert p.kl_warmup_share * steps < 2000  # the class recipe's warm-up would outlast this budget
 
 
+@pytest.mark.parametrize("likelihood", ["binary", "8bit"])
+def test_family_d_predicts_what_the_vdm_predicts(likelihood):
+    """Family (d)'s denoiser has VDM's parameterization for the same data (logits of x for binary data:
+    ε-prediction divides by α ≈ 0.05 at the top level, −107,791 nats at L = 2 in the first run)."""
+    from hlvm.zoo import VDM, TopDownHVAE
+
+    td = TopDownHVAE((1, 8, 8), likelihood, layers=2, posterior="diffusion", transition="denoiser", hidden=8)
+    vdm = VDM((1, 8, 8), likelihood, T=1, width=8, depth=1)
+    assert td.denoisers[0].parameterization == vdm.denoiser.parameterization
+    with pytest.raises(ValueError, match="unknown parameterization 'bogus'"):
+        TopDownHVAE((1, 8, 8), likelihood, parameterization="bogus")
+
+
 class _VDMDecoder(nn.Module):
     """VDM's own decoder p(x | z_0) (Bernoulli logits 2α₀z/σ₀²), as a module the top-down HVAE can use.
     It holds the VDM's schedule and likelihood, not the VDM (whose chain would make the HVAE a chain model)."""
