@@ -125,14 +125,27 @@ def findings(result: dict, values: dict | None = None) -> list[str]:
         v, se = ("bound", "se") if bound == "tightest" else ("elbo", "elbo_se")
         return ea[v] - eb[v], math.hypot(ea[se], eb[se])
 
-    for a, b, what in (("hvae", "diffusion", "the learned posterior over the fixed diffusion posterior"),
-                       ("hvae", "hvae-shared", "a network per layer over one shared network"),
-                       ("diffusion-denoiser", "diffusion", "denoiser over Gaussian transitions (fixed posterior)")):
+    for a, b, what, bound in (
+            ("hvae", "diffusion", "the learned posterior over the fixed diffusion posterior", "tightest"),
+            ("hvae", "diffusion-denoiser", "the learned posterior over the fixed posterior with denoiser transitions",
+             "tightest"),
+            ("hvae", "hvae-shared", "a network per layer over one shared network", "tightest"),
+            ("diffusion-denoiser", "diffusion", "denoiser over Gaussian transitions (fixed posterior)", "tightest"),
+            ("diffusion-denoiser", "vdm", "family (d) over the VDM at T = L (a learned decoder; one step fewer)",
+             "elbo")):
         rows = [(L, _at(pts, a, L), _at(pts, b, L)) for L in depths]
-        text = ", ".join("L = {}: {:+.2f} ± {:.2f}".format(L, *diff(ea, eb, "tightest")) for L, ea, eb in rows
+        text = ", ".join("L = {}: {:+.2f} ± {:.2f}".format(L, *diff(ea, eb, bound)) for L, ea, eb in rows
                          if ea is not None and eb is not None)
         if text:
-            out.append(f"Tightest bound of {what} ({a} − {b}): {text} nats.")
+            out.append(f"{'Tightest bound' if bound == 'tightest' else 'ELBO'} of {what} ({a} − {b}): {text} nats.")
+    best = []
+    for family in dict.fromkeys(e["family"] for e in pts):
+        rows = [e for e in pts if e["family"] == family and e["L"] is not None]
+        if rows:
+            e = max(rows, key=lambda e: e["bound"])
+            best.append(f"{family} {e['bound']:.2f} ± {e['se']:.2f} ({e['bound_type']}, L = {e['L']})")
+    if best:
+        out.append("Best tightest bound of each family over the depths: " + "; ".join(best) + ".")
     limit = _at(pts, "vdm", None)
     if limit is not None:
         rows = [(L, _at(pts, "vdm", L)) for L in depths]
