@@ -187,3 +187,14 @@ def test_family_d_is_a_vdm_with_one_fewer_level_and_its_decoder():
         d = torch.as_tensor(a["per_example"][bound]) - torch.as_tensor(b["per_example"][bound])
         se = float(d.std() / len(d) ** 0.5)
         assert abs(float(d.mean())) < 4 * se + 1e-3, (bound, float(d.mean()), se)
+
+
+def test_the_trend_in_words_names_who_leads_and_where_the_lead_changes_hands():
+    from hlvm.reports.continuum_page import _trend
+
+    assert _trend([(1, 75.0, 0.8), (2, 50.0, 0.7), (16, 14.0, 0.5), (32, -5.2, 0.6)], "a", "d") == \
+        " — the lead changes hands between L = 16 and L = 32: d leads at L = 32"
+    assert _trend([(1, 3.0, 0.1), (32, 9.0, 0.4)], "a", "b") == \
+        " — a leads at every depth measured, by more at L = 32 than at L = 1"
+    assert _trend([(1, 3.0, 0.1), (32, 0.1, 0.4)], "a", "b") == " — a leads at L = 1, neither at L = 32"
+    assert _trend([(1, 3.0, 0.1)], "a", "b") == ""

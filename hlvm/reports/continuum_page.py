@@ -23,7 +23,7 @@ def plot_continuum(result: dict, path: str, families: dict) -> str:
 
     plt = _plt()
     pts = result["points"]
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=False)
+    fig, axes = plt.subplots(1, 2, figsize=(11, 5.4), sharey=False)
     for ax, key, se, title in ((axes[0], "bound", "se", "tightest bound (IWAE; VDM: ELBO)"),
                                (axes[1], "elbo", "elbo_se", "ELBO")):
         for family, (label, *_rest) in families.items():
@@ -45,8 +45,9 @@ def plot_continuum(result: dict, path: str, families: dict) -> str:
         ax.set_ylabel("nats per image (higher is better)")
         ax.set_title(title)
         ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=7, loc="lower right")
-    fig.tight_layout()
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, fontsize=8, loc="lower center", ncol=2, frameon=False)  # below: lines dive off-scale
+    fig.tight_layout(rect=(0, 0.22, 1, 1))
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
@@ -101,6 +102,27 @@ def _at(pts: list, family: str, L) -> dict | None:
     return next((e for e in pts if e["family"] == family and e["L"] == L), None)
 
 
+def _trend(rows: list, a: str, b: str) -> str:
+    """How a paired difference moves with depth, in words: who leads at the first and the last depth
+    (a lead counts beyond two SEs) and between which depths the lead changes hands."""
+    if len(rows) < 2:
+        return ""
+
+    def leader(d, se):
+        return a if d > 2 * se else b if d < -2 * se else None
+
+    first, last = leader(*rows[0][1:]), leader(*rows[-1][1:])
+    swaps = [(L0, L1) for (L0, d0, s0), (L1, d1, s1) in zip(rows, rows[1:])
+             if leader(d0, s0) and leader(d1, s1) and leader(d0, s0) != leader(d1, s1)]
+    if first and first == last and not swaps:
+        grows = abs(rows[-1][1]) > abs(rows[0][1])
+        return f" — {first} leads at every depth measured, by {'more' if grows else 'less'} at L = {rows[-1][0]} than at L = {rows[0][0]}"
+    if swaps:
+        where = "; ".join(f"between L = {L0} and L = {L1}" for L0, L1 in swaps)
+        return f" — the lead changes hands {where}: {last or 'neither'} leads at L = {rows[-1][0]}"
+    return f" — {first or 'neither'} leads at L = {rows[0][0]}, {last or 'neither'} at L = {rows[-1][0]}"
+
+
 def findings(result: dict, values: dict | None = None) -> list[str]:
     """The page's reading of the figure, in numbers: where the gap between learned and fixed
     posteriors opens or closes, what sharing the network costs, how the discrete VDM approaches
@@ -133,20 +155,34 @@ def findings(result: dict, values: dict | None = None) -> list[str]:
             ("diffusion-denoiser", "diffusion", "denoiser over Gaussian transitions (fixed posterior)", "tightest"),
             ("diffusion-denoiser", "vdm", "family (d) over the VDM at T = L (a learned decoder; one step fewer)",
              "elbo")):
-        rows = [(L, _at(pts, a, L), _at(pts, b, L)) for L in depths]
-        text = ", ".join("L = {}: {:+.2f} ± {:.2f}".format(L, *diff(ea, eb, bound)) for L, ea, eb in rows
-                         if ea is not None and eb is not None)
+        rows = [(L, *diff(ea, eb, bound)) for L, ea, eb in ((L, _at(pts, a, L), _at(pts, b, L)) for L in depths)
+                if ea is not None and eb is not None]
+        text = ", ".join(f"L = {L}: {d:+.2f} ± {se:.2f}" for L, d, se in rows)
         if text:
-            out.append(f"{'Tightest bound' if bound == 'tightest' else 'ELBO'} of {what} ({a} − {b}): {text} nats.")
-    best = []
+            out.append(f"{'Tightest bound' if bound == 'tightest' else 'ELBO'} of {what} ({a} − {b}): {text} nats"
+                       f"{_trend(rows, a, b)}.")
+    best = {}
     for family in dict.fromkeys(e["family"] for e in pts):
         rows = [e for e in pts if e["family"] == family and e["L"] is not None]
         if rows:
-            e = max(rows, key=lambda e: e["bound"])
-            best.append(f"{family} {e['bound']:.2f} ± {e['se']:.2f} ({e['bound_type']}, L = {e['L']})")
+            best[family] = max(rows, key=lambda e: e["bound"])
     if best:
-        out.append("Best tightest bound of each family over the depths: " + "; ".join(best) + ".")
+        out.append("Best tightest bound of each family over the depths: " + "; ".join(
+            f"{f} {e['bound']:.2f} ± {e['se']:.2f} ({e['bound_type']}, L = {e['L']})" for f, e in best.items()) + ".")
     limit = _at(pts, "vdm", None)
+    if limit is not None and best:  # the limit's own tightest bound against each family's best, image by image
+        va = values.get(key("vdm", None), {}).get(limit["bound_type"])
+        text = []
+        for f, e in best.items():
+            vb = values.get(key(f, e["L"]), {}).get(e["bound_type"])
+            if va is not None and vb is not None:
+                n = min(len(va), len(vb))
+                d = paired_difference(va[:n], vb[:n])
+                text.append(f"{f} (L = {e['L']}): {d['delta']:+.2f} ± {d['se']:.2f}")
+        if text:
+            out.append(f"The continuous-time VDM's {limit['bound_type']} bound ({limit['bound']:.2f} ± {limit['se']:.2f}) "
+                       f"minus each family's best tightest bound, paired on the images both cover: "
+                       + ", ".join(text) + " nats.")
     if limit is not None:
         rows = [(L, _at(pts, "vdm", L)) for L in depths]
         text = ", ".join("T = {}: {:+.2f} ± {:.2f}".format(L, *diff(e, limit, "elbo")) for L, e in rows if e is not None)
