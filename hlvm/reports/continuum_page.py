@@ -161,6 +161,23 @@ def findings(result: dict, values: dict | None = None) -> list[str]:
         if text:
             out.append(f"{'Tightest bound' if bound == 'tightest' else 'ELBO'} of {what} ({a} − {b}): {text} nats"
                        f"{_trend(rows, a, b)}.")
+    out += _best_points(pts, values)
+    limit = _at(pts, "vdm", None)
+    if limit is not None:
+        rows = [(L, _at(pts, "vdm", L)) for L in depths]
+        text = ", ".join("T = {}: {:+.2f} ± {:.2f}".format(L, *diff(e, limit, "elbo")) for L, e in rows if e is not None)
+        if text:
+            out.append(f"VDM ELBO at T = L minus the continuous-time ELBO ({limit['elbo']:.2f} ± "
+                       f"{limit['elbo_se']:.2f}): {text} nats.")
+    return out
+
+
+def _best_points(pts: list, values: dict) -> list[str]:
+    """Each family's best point over the depths, and the continuous-time VDM's own tightest bound
+    against each of them, paired image by image where both have per-image values."""
+    from ..eval.paired import paired_difference
+
+    out = []
     best = {}
     for family in dict.fromkeys(e["family"] for e in pts):
         rows = [e for e in pts if e["family"] == family and e["L"] is not None]
@@ -183,10 +200,4 @@ def findings(result: dict, values: dict | None = None) -> list[str]:
             out.append(f"The continuous-time VDM's {limit['bound_type']} bound ({limit['bound']:.2f} ± {limit['se']:.2f}) "
                        f"minus each family's best tightest bound, paired on the images both cover: "
                        + ", ".join(text) + " nats.")
-    if limit is not None:
-        rows = [(L, _at(pts, "vdm", L)) for L in depths]
-        text = ", ".join("T = {}: {:+.2f} ± {:.2f}".format(L, *diff(e, limit, "elbo")) for L, e in rows if e is not None)
-        if text:
-            out.append(f"VDM ELBO at T = L minus the continuous-time ELBO ({limit['elbo']:.2f} ± "
-                       f"{limit['elbo_se']:.2f}): {text} nats.")
     return out
