@@ -24,7 +24,9 @@ DECIDED = [row for row, s in SEARCHES.items() if "winner" in s]
 STUDIES = {"vae": ({"ema": 0.999}, ("docs/studies/pyro_example_vae_validation_ema_0_999.json",
                                      "docs/studies/pyro_example_vae_validation_default.json")),
            "hvae-td": ({"ema": 0.999}, ("docs/studies/hvae_td_validation_ema_0_999.json",
-                                         "docs/studies/hvae_td_validation_default.json"))}
+                                         "docs/studies/hvae_td_validation_default.json")),
+           "hvae-bu": ({"ema": 0.999}, ("docs/studies/hvae_bu_validation_ema_0_999.json",
+                                         "docs/studies/hvae_bu_validation_default.json"))}
 
 
 def _architecture(model) -> dict:
