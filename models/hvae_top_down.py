@@ -35,7 +35,7 @@ from torch import nn
 
 from hlvm.diffusion.denoiser import Denoiser
 from hlvm.diffusion.gaussian import p_zs_given_zt, q_zs_given_zt_x, q_zt_given_x
-from hlvm.diffusion.parameterization import SOURCES, check_target
+from hlvm.diffusion.parameterization import resolve_source
 from hlvm.programs.layers import GaussianLayer, deterministic, mlp, precision_merge
 from hlvm.nets import MLPBackbone
 from hlvm.diffusion.schedules import NoiseSchedule, make_schedule
@@ -123,9 +123,8 @@ class TopDownHVAE(PyroModule):
         self.L, self.merge, self.shared, self.posterior, self.transition = layers, merge, shared, posterior, transition
         self.latent_dims = dims = _latent_dims(latent_dim, layers, d if posterior == "diffusion" else None, shared)
         self.decoder = mlp(dims[0], d * self.likelihood.decoder_channels, hidden, depth)
-        if parameterization == "auto":  # VDM's rule (models/vdm.py): the family (d) ≡ VDM identity keeps it
-            parameterization = "logit" if self.likelihood.kind == "binary" else "eps"
-        self.parameterization = check_target(parameterization, SOURCES)  # ValueError naming the choices
+        # VDM's rule, so that family (d) ≡ VDM keeps holding; a bad name is a ValueError naming the choices
+        self.parameterization = resolve_source(parameterization, self.likelihood.kind)
         self._build_transitions(d, hidden, depth, (gamma_min, gamma_max))
         if posterior == "diffusion":
             self.schedule = schedule if isinstance(schedule, NoiseSchedule) else make_schedule(schedule, gamma_min, gamma_max)

@@ -21,6 +21,7 @@ from pyro.nn import PyroModule, pyro_method
 from torch import nn
 
 from hlvm.diffusion.denoiser import Denoiser
+from hlvm.diffusion.parameterization import resolve_source
 from hlvm.programs.chain import DiffusionChain, collapsed
 from hlvm.nets import MLPBackbone, UNet
 from hlvm.diffusion.schedules import NoiseSchedule, make_schedule
@@ -73,9 +74,7 @@ class VDM(PyroModule):
             net = UNet(self.data_shape[0], base=32, fourier=fourier, gamma_range=(gamma_min, gamma_max))
         else:
             raise ValueError(f"unknown backbone {backbone!r}; expected 'mlp', 'unet' or an nn.Module")
-        if parameterization == "auto":
-            parameterization = "logit" if self.likelihood.kind == "binary" else "eps"
-        self.denoiser = Denoiser(net, parameterization)
+        self.denoiser = Denoiser(net, resolve_source(parameterization, self.likelihood.kind))
         self.chain = DiffusionChain(self.denoiser, self.schedule, self.likelihood, T, name="z", trace_steps=trace_steps)
 
     @property

@@ -42,7 +42,7 @@ import torch
 from .gaussian import alpha_sigma, pad_gamma
 
 __all__ = ["TARGETS", "SOURCES", "to_x", "from_x", "convert", "score_from_energy", "loss_weight",
-           "check_target", "x_from_binary_logit"]
+           "check_target", "resolve_source", "x_from_binary_logit"]
 
 #: prediction targets that can be converted to and from one another
 TARGETS = ("x", "eps", "score", "v", "flow")
@@ -54,6 +54,16 @@ def check_target(name: str, allowed=TARGETS) -> str:
     if name not in allowed:
         raise ValueError(f"unknown parameterization {name!r}; expected one of {list(allowed)}")
     return name
+
+
+def resolve_source(name: str, likelihood_kind: str) -> str:
+    """What a backbone predicts, ``name`` checked against :data:`SOURCES`; ``"auto"`` is the zoo's rule
+    for every denoiser (the VDM's and the top-down HVAE's denoiser transitions alike): the logits of x
+    for binary data (x̂ bounded; ε-prediction's x̂ = (z − σε̂)/α divides by a small α at low SNR), ε
+    otherwise."""
+    if name == "auto":
+        return "logit" if likelihood_kind == "binary" else "eps"
+    return check_target(name, SOURCES)
 
 
 def _need_dgamma(dgamma, what):
