@@ -111,9 +111,8 @@ def _config(p: ContinuumProfile, family: str, L: int | None, out: str, n_train: 
                       steps=p.steps, batch_size=p.batch_size, device=p.device, out=out, progress=False,
                       resume=os.path.exists(os.path.join(out, CHECKPOINT)), eval_examples=500,
                       model_kwargs={**options, **width, **p.extra.get(model, {})}, **{depth_option: L})
-    steps = p.steps or p.epochs * max(1, n_train // p.batch_size)
-    return _budget_recipe(with_training_defaults(cfg), options.get("posterior") == "diffusion", steps,
-                          p.kl_warmup_share)
+    return _budget_recipe(with_training_defaults(cfg), options.get("posterior") == "diffusion",
+                          cfg.total_steps(n_train), p.kl_warmup_share)
 
 
 def _budget_recipe(cfg, fixed_posterior: bool, steps: int, share: float):

@@ -57,3 +57,10 @@ class TrainConfig:
     def validate(self) -> None:
         """Raise ValueError naming the first option out of its range (:func:`hlvm.training.checks.validate_config`)."""
         validate_config(self)
+
+    def total_steps(self, n_train: int) -> int:
+        """The SVI steps of the run on ``n_train`` training examples: ``steps``, else ``epochs`` (1 when
+        unset) of ``n_train // batch_size`` steps each (the last partial batch dropped)."""
+        if self.steps is not None:
+            return self.steps
+        return (self.epochs if self.epochs is not None else 1) * (n_train // self.batch_size)

@@ -114,9 +114,7 @@ class Trainer:
 
     @property
     def total_steps(self) -> int:
-        if self.cfg.steps is not None:
-            return self.cfg.steps
-        return (self.cfg.epochs if self.cfg.epochs is not None else 1) * self.steps_per_epoch
+        return self.cfg.total_steps(self.data.train.shape[0])
 
     @property
     def world(self) -> int:
