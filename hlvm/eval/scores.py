@@ -63,13 +63,15 @@ def scoring_elbo(model, elbo):
     if not isinstance(elbo, DiffusionELBO):
         return elbo
     Ts = [c.T for c in chains_of(model)]
-    if Ts and not elbo.exact and elbo.is_elbo and (None in Ts or elbo.num_t == 1):
-        if None in Ts:
-            return DiffusionELBO(exact=True, eval_nodes=ELBO_NODES, max_batch=elbo.max_batch)
-        if max(Ts) <= ELBO_NODES:
-            return DiffusionELBO(exact=True, max_batch=elbo.max_batch)
-        return DiffusionELBO(sampler="antithetic", num_t=ELBO_NODES, max_batch=elbo.max_batch)
-    return elbo.for_evaluation()
+    if not Ts or elbo.exact or not elbo.is_elbo:
+        return elbo.for_evaluation()
+    if None in Ts:  # continuous time
+        return DiffusionELBO(exact=True, eval_nodes=ELBO_NODES, max_batch=elbo.max_batch)
+    if elbo.num_t > 1:  # the caller chose several draws per example: scored as given
+        return elbo.for_evaluation()
+    if max(Ts) <= ELBO_NODES:
+        return DiffusionELBO(exact=True, max_batch=elbo.max_batch)
+    return DiffusionELBO(sampler="antithetic", num_t=ELBO_NODES, max_batch=elbo.max_batch)
 
 
 @dataclass
