@@ -150,3 +150,54 @@ def test_cpu_profile_scores_the_whole_test_set_by_the_published_protocol():
     assert p.data == "mnist" and p.K == 5000
     assert p.iwae_examples is None and p.pfode_examples is None and p.eval_examples is None
     assert _iwae_budget(p, VAE((1, 28, 28)), 10_000) == (5000, 10_000)
+
+
+def _study_files(docs, elbo_with=-100.0, elbo_without=-101.0):
+    (docs / "studies").mkdir(parents=True)
+    for name, option, elbo in (("with", {"ema": 0.999}, elbo_with), ("without", {}, elbo_without)):
+        (docs / "studies" / f"{name}.json").write_text(json.dumps(
+            {"split": "validation", "train_options": option, "epochs": 3, "rows": {"hlvm-train": {"elbo": elbo}}}))
+    return [({"ema": 0.999}, ("studies/with.json", "studies/without.json"))]
+
+
+def test_a_row_trains_with_the_options_its_recipe_studies_chose(tmp_path, monkeypatch):
+    """The final row's trainer options are the search winner's plus each study's option; the row's
+    entry and the page record the study (validation ELBO with and without it)."""
+    import dataclasses
+
+    from hlvm.reports import results, studies
+
+    monkeypatch.setitem(results.PROFILES, "smoke", dataclasses.replace(results.PROFILES["smoke"], studies=True))
+    monkeypatch.setitem(studies.STUDIES, "vae", _study_files(tmp_path / "docs"))
+    for row in ("hvae-bu", "hvae-td"):
+        monkeypatch.delitem(studies.STUDIES, row)
+    real, seen = results._train_row, []
+
+    def train_row(job, row, model, options, trainer_options, search=False):
+        if search:
+            return real(job, row, model, options, trainer_options, search)
+        seen.append((row, trainer_options))
+        raise KeyboardInterrupt  # the row's options are all this test needs
+
+    monkeypatch.setattr(results, "_train_row", train_row)
+    with pytest.raises(KeyboardInterrupt):
+        run_results("smoke", out=str(tmp_path / "docs"), runs=str(tmp_path / "runs"), log=lambda *_: None)
+    assert seen == [("vae", {"ema": 0.999})]
+    entry = studies.study_entries("vae", str(tmp_path / "docs"))
+    assert entry == [{"option": {"ema": 0.999}, "files": ["studies/with.json", "studies/without.json"], "epochs": 3,
+                      "elbo_with": -100.0, "elbo_without": -101.0}]
+    page = "\n".join(studies.study_lines([{"row": "vae", "studies": entry}]))
+    assert "## Recipe studies" in page and "| vae | ema=0.999 | 3 | -100.00 | -101.00 | with.json, without.json |" in page
+    older = "\n".join(studies.study_lines([{"row": "vae"}, {"row": "vdm"}]))  # a row saved before its study
+    assert "Trained before their family's study, without its option: vae." in older
+
+
+def test_a_missing_study_file_stops_make_results_before_any_training(tmp_path, monkeypatch):
+    import dataclasses
+
+    from hlvm.reports import results
+
+    monkeypatch.setitem(results.PROFILES, "smoke", dataclasses.replace(results.PROFILES["smoke"], studies=True))
+    monkeypatch.setattr(results, "_train_row", lambda *a, **k: pytest.fail("trained before checking the studies"))
+    with pytest.raises(ValueError, match=r"study file .*pyro_example_vae_validation_ema_0_999.json is missing"):
+        run_results("smoke", out=str(tmp_path / "docs"), runs=str(tmp_path / "runs"), log=lambda *_: None)

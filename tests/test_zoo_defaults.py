@@ -13,20 +13,11 @@ from hlvm.programs.chain import chains_of
 from hlvm.registry import build_model, training_defaults
 from hlvm.reports.results import CONFIG_FIELDS, ROWS
 from hlvm.reports.search import final_options
+from hlvm.reports.studies import STUDIES, study_entries, study_options
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SEARCHES = json.load(open(os.path.join(ROOT, "docs", "results-search.json")))
 DECIDED = [row for row, s in SEARCHES.items() if "winner" in s]
-
-
-#: recipe entries chosen by a validation study of their own, beside the family's search:
-#: {row: ({option: value}, the study's JSON files: (with the option, without it))}
-STUDIES = {"vae": ({"ema": 0.999}, ("docs/studies/pyro_example_vae_validation_ema_0_999.json",
-                                     "docs/studies/pyro_example_vae_validation_default.json")),
-           "hvae-td": ({"ema": 0.999}, ("docs/studies/hvae_td_validation_ema_0_999.json",
-                                         "docs/studies/hvae_td_validation_default.json")),
-           "hvae-bu": ({"ema": 0.999}, ("docs/studies/hvae_bu_validation_ema_0_999.json",
-                                         "docs/studies/hvae_bu_validation_default.json"))}
 
 
 def _architecture(model) -> dict:
@@ -61,20 +52,21 @@ def test_the_zoo_defaults_are_the_search_winner(row):
         chains = chains_of(default)
         applies = all(c.T is None and isinstance(c.schedule, InteriorSchedule) for c in chains)
         recipe["estimator_kwargs"] = {**kwargs_, "schedule_objective": "variance" if applies else "elbo"}
-    extra = STUDIES.get(row, ({}, ()))[0]
-    assert recipe == {**trainer, **extra}
+    assert recipe == {**trainer, **study_options(row)}
 
 
 @pytest.mark.parametrize("row", sorted(STUDIES))
 def test_a_recipe_entry_beyond_the_search_won_its_validation_study(row):
     """Each such entry was measured on the validation split (never the test set) and beat the
     recipe without it there."""
-    option, (won, lost) = STUDIES[row]
-    won, lost = (json.load(open(os.path.join(ROOT, f))) for f in (won, lost))
-    assert won["split"] == lost["split"] == "validation" and won["train_options"] == option
-    assert won.get("model", "vae") == lost.get("model", "vae") == next(r[1] for r in ROWS if r[0] == row)
-    assert lost["train_options"] == {} and won["epochs"] == lost["epochs"]
-    assert won["rows"]["hlvm-train"]["elbo"] > lost["rows"]["hlvm-train"]["elbo"]
+    for (option, (won, lost)), entry in zip(STUDIES[row], study_entries(row, os.path.join(ROOT, "docs"))):
+        won, lost = (json.load(open(os.path.join(ROOT, "docs", f))) for f in (won, lost))
+        assert won["split"] == lost["split"] == "validation" and won["train_options"] == option
+        assert won.get("model", "vae") == lost.get("model", "vae") == next(r[1] for r in ROWS if r[0] == row)
+        assert lost["train_options"] == {} and won["epochs"] == lost["epochs"]
+        assert won["rows"]["hlvm-train"]["elbo"] > lost["rows"]["hlvm-train"]["elbo"]
+        assert (entry["elbo_with"], entry["elbo_without"]) == (won["rows"]["hlvm-train"]["elbo"],
+                                                               lost["rows"]["hlvm-train"]["elbo"])
 
 
 def test_the_default_vae_at_least_matches_pyros_example_vae_on_the_test_set():

@@ -11,6 +11,7 @@ import os
 
 from .per_image import paired_lines
 from .search import search_lines
+from .studies import study_lines
 
 __all__ = ["ANCHORS", "SCHEDULE_JSON", "write_page", "khat_note"]
 
@@ -54,6 +55,7 @@ def write_page(results: dict, profile: str, path: str, order=()) -> None:
     lines += _reading_lines() + _khat_lines(rows)
     lines += paired_lines(results.get("paired", []))
     lines += search_lines(searches)
+    lines += study_lines(rows)
     lines += _anchor_lines()
     lines += [""] + [f"![{r['row']}]({fig})" for r in rows for fig in r.get("figures", [])]
     lines += _schedule_section(os.path.join(os.path.dirname(path) or ".", SCHEDULE_JSON))

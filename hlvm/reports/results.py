@@ -30,6 +30,7 @@ from .page import write_page
 from .per_image import load_row_values, paired_entries, save_row_values
 from .files import save_json
 from .search import final_options, run_search, score_config, space_of
+from .studies import study_entries, study_options
 
 __all__ = ["Profile", "PROFILES", "ROWS", "CONFIG_FIELDS", "run_results", "train_config"]
 
@@ -83,6 +84,8 @@ class Profile:
     search_rows: tuple | None = None
     search_configs: int | None = None
     search_eval_examples: int | None = None
+    #: rows train with their recipe studies' options (:mod:`hlvm.reports.studies`: full-size models on MNIST)
+    studies: bool = True
 
     def searches(self, row: str) -> bool:
         """Whether this profile searches the space of ``row`` (:data:`hlvm.reports.search.SPACES`)."""
@@ -104,7 +107,7 @@ PROFILES = {
     "smoke": Profile("smoke", data="digits", epochs=None, steps=20, batch_size=64, K=30, iwae_examples=32,
                      iwae_examples_chain=4, K_chain=2, eval_examples=64, pfode_examples=8, threads=1,
                      model_options={"vdm": {"width": 32, "depth": 1}}, search_epochs=None, search_steps=5,
-                     search_rows=("vae",), search_configs=2, search_eval_examples=64),
+                     search_rows=("vae",), search_configs=2, search_eval_examples=64, studies=False),
 }
 
 
@@ -142,6 +145,8 @@ def run_results(profile: str = "cpu", out: str = "docs", runs: str = "runs/resul
     done = json.load(open(stem + ".json")) if os.path.exists(stem + ".json") else {"rows": []}
     finished = {r["row"] for r in done["rows"] if r.get("profile") == profile and "search" in r}
     todo = [row for row in ROWS if row[0] not in finished]
+    for row in todo if p.studies else ():  # a missing study file stops the job before any training
+        study_entries(row[0], out)
     searches = {row[0]: _search_row(job, *row) for row in todo}  # every search before any final row
     for row in ROWS:
         if row[0] in finished:
@@ -175,14 +180,18 @@ class _Job:
 
 
 def _run_row(job: _Job, row: str, model: str, options: dict, trainer_options: dict, search: dict | None) -> dict:
-    """Train (the ``search``'s winner), score and draw one row of :data:`ROWS`; its entry of ``results.json``."""
+    """Train (the ``search``'s winner, with the options its recipe studies chose), score and draw one
+    row of :data:`ROWS`; its entry of ``results.json``."""
     if search is not None:
         options, trainer_options = final_options(search["winner"], options, trainer_options)
+    studies = study_entries(row, job.out) if job.p.studies else []
+    trainer_options = {**trainer_options, **(study_options(row) if studies else {})}
     trainer, cfg, result, train_seconds = _train_row(job, row, model, options, trainer_options)
     train_seconds = run_step_seconds(cfg.out) or train_seconds  # every segment of a resumed run, not the last
     with trainer.ema_weights():  # the EMA weights when EMA is on; the live ones are back afterwards
         entry = _scored_row(job, row, model, trainer, cfg, result, train_seconds, trainer_options)
     entry["search"] = search
+    entry["studies"] = studies
     return entry
 
 
