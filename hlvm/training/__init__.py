@@ -4,14 +4,16 @@ data, model and objective, and the loop (:mod:`.trainer`), whose steps (:mod:`.s
 :class:`~hlvm.training.step.StepRecord` to the monitor (:mod:`.monitor`), with checkpoints
 (:mod:`.checkpoints`); with the single torch optimizer (:mod:`.optim`), the EMA weights
 (:mod:`.ema`), the recorded step (:mod:`.compile`, its Pyro internals in :mod:`.pyro_internals`),
-KL warm-up (:mod:`.anneal`), free bits (:mod:`.free_bits`) and preemption (:mod:`.preemption`)."""
+KL warm-up (:mod:`.anneal`), free bits (:mod:`.free_bits`), preemption (:mod:`.preemption`) and
+what a failed step or evaluation keeps (:mod:`.failures`)."""
 
 from .checkpoints import (CHECKPOINT, CheckpointWriteError, convert_legacy_checkpoint, load_checkpoint,
                           load_run_checkpoint, save_checkpoint)
 from .preemption import PREEMPTED_EXIT, Preempted
 from .config import TrainConfig
 from .step import StepRecord
-from .trainer import WARMUP_STEPS, EvaluationFailed, Trainer, TrainingDiverged, train
+from .failures import EvaluationFailed, TrainingDiverged
+from .trainer import WARMUP_STEPS, Trainer, train
 
 __all__ = ["TrainConfig", "Trainer", "TrainingDiverged", "EvaluationFailed", "train", "WARMUP_STEPS", "CHECKPOINT",
            "StepRecord", "save_checkpoint", "load_checkpoint", "load_run_checkpoint", "convert_legacy_checkpoint",

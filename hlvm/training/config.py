@@ -58,9 +58,13 @@ class TrainConfig:
         """Raise ValueError naming the first option out of its range (:func:`hlvm.training.checks.validate_config`)."""
         validate_config(self)
 
+    def steps_per_epoch(self, n_train: int) -> int:
+        """The SVI steps of one epoch over ``n_train`` training examples (the last partial batch dropped)."""
+        return n_train // self.batch_size
+
     def total_steps(self, n_train: int) -> int:
         """The SVI steps of the run on ``n_train`` training examples: ``steps``, else ``epochs`` (1 when
-        unset) of ``n_train // batch_size`` steps each (the last partial batch dropped)."""
+        unset) of :meth:`steps_per_epoch` each."""
         if self.steps is not None:
             return self.steps
-        return (self.epochs if self.epochs is not None else 1) * (n_train // self.batch_size)
+        return (self.epochs if self.epochs is not None else 1) * self.steps_per_epoch(n_train)

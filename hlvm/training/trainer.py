@@ -31,10 +31,8 @@ from __future__ import annotations
 
 import contextlib
 import json
-import math
 import os
 import time
-import warnings
 from dataclasses import asdict, replace
 
 import pyro
@@ -52,26 +50,18 @@ from .compile import RecordedLoss
 from .lr_schedule import learning_rate
 from .config import TrainConfig
 from .ema import EMA
+from .failures import EvaluationFailed, TrainingDiverged, diverged_step, guarded
 from .preemption import Preempted, PreemptionGuard
 from .preflight import training_objective
 from .monitor import RunMonitor, elbo_terms, sample_grid
 from .parallel import Processes, join_processes
-from .step import NonFiniteStep, ShardedLoss, StepRecord, SVIStep
+from .step import ShardedLoss, StepRecord, SVIStep
 
 __all__ = ["TrainConfig", "Trainer", "TrainingDiverged", "EvaluationFailed", "save_checkpoint", "load_checkpoint",
            "load_run_checkpoint", "train", "WARMUP_STEPS"]
 
 #: steps of each :meth:`Trainer.fit` call left out of its throughput (warm-up: allocation, caches, compilation)
 WARMUP_STEPS = 3
-
-
-class TrainingDiverged(RuntimeError):
-    """The loss or its gradient became NaN or infinite; no update was applied and the last
-    checkpoint, written at a step whose loss and parameters were finite, was kept."""
-
-
-class EvaluationFailed(RuntimeError):
-    """Training went on but evaluating or writing its results failed; the trained state was saved first."""
 
 
 class Trainer:
@@ -110,7 +100,7 @@ class Trainer:
     # -- sizes and processes ---------------------------------------------------------------
     @property
     def steps_per_epoch(self) -> int:
-        return self.data.train.shape[0] // self.cfg.batch_size
+        return self.cfg.steps_per_epoch(self.data.train.shape[0])
 
     @property
     def total_steps(self) -> int:
@@ -348,34 +338,8 @@ class Trainer:
 
     def _update(self, x: torch.Tensor) -> StepRecord:
         """The SVI update on the batch ``x``; :class:`TrainingDiverged` if its loss or gradient is
-        not finite (no update applied)."""
-        try:
-            record = self.svi.step(x)
-        except NonFiniteStep as e:
-            raise TrainingDiverged(f"{e} at step {self.step + 1}; training stopped before the update and "
-                                   f"{self._kept()}") from None
-        except ValueError as e:  # argument validation met a bad value before the loss existed
-            loss = self._unvalidated_loss(x)
-            if math.isfinite(loss):  # not a divergence: a model error, reported as such
-                raise
-            raise TrainingDiverged(f"loss became {loss} at step {self.step + 1} ({str(e).splitlines()[0]}); "
-                                   f"training stopped and {self._kept()}") from None
-        if not math.isfinite(record.loss):  # an update that reports a non-finite loss itself
-            raise TrainingDiverged(f"loss became {record.loss} at step {self.step + 1}; training stopped and "
-                                   f"{self._kept()}")
-        return record
-
-    def _unvalidated_loss(self, x: torch.Tensor) -> float:
-        """The batch's loss, computed as the step computes it (gradients on), with Pyro's and
-        torch's argument validation off: NaN or infinite when validation stopped the step on non-finite numbers (a divergence);
-        finite (0 when it fails without validation too) when it stopped on a model error, such as
-        an observed value outside its distribution's support."""
-        try:  # as the step computes it (gradients on, training mode), without the update
-            with pyro.validation_enabled(False), warnings.catch_warnings(), torch.enable_grad():
-                warnings.simplefilter("ignore")  # Pyro's "Encountered NaN" is the expected answer here
-                return float(self.estimator.differentiable_loss(self.model.model, self.model.guide, x))
-        except Exception:  # noqa: BLE001 - any other failure: the model's own error, re-raised by the caller
-            return 0.0
+        not finite (no update applied: :func:`hlvm.training.failures.diverged_step`)."""
+        return diverged_step(self.svi.step, x, self.step + 1, self.estimator, self.model, self.ckpt_path)
 
     def _evaluate_and_checkpoint(self, record: StepRecord, monitor: RunMonitor, start: float, steps_run: int) -> None:
         """After a step: the test evaluation (into the history and the monitor) and the checkpoint,
@@ -408,23 +372,10 @@ class Trainer:
         with open(os.path.join(self.cfg.out, "history.json"), "w") as f:
             json.dump({"history": self.history, "losses": self.losses}, f)
 
-    def _kept(self) -> str:
-        if os.path.exists(self.ckpt_path):
-            return f"the last good checkpoint is kept at {self.ckpt_path} (written at a finite loss, with finite parameters)"
-        return "no checkpoint had been written yet"
-
     def _guarded(self, work, what: str):
-        """Run ``work()``; if it fails, save the trained state first and raise EvaluationFailed saying where it is."""
-        try:
-            return work()
-        except Exception as e:
-            try:
-                self.save()
-                kept = f"the trained state (step {self.step}) is saved in {self.ckpt_path}; continue with --resume"
-            except Exception as e2:
-                kept = f"saving the checkpoint failed too ({type(e2).__name__}: {e2})"
-            msg = str(e).splitlines()[0] if str(e) else ""
-            raise EvaluationFailed(f"{what} failed after step {self.step} ({type(e).__name__}: {msg}); {kept}") from e
+        """Run ``work()``; if it fails, save the trained state first and raise EvaluationFailed saying
+        where it is (:func:`hlvm.training.failures.guarded`)."""
+        return guarded(work, what, self.save, self.step, self.ckpt_path)
 
 
 def train(cfg: TrainConfig, data: DataSplit | None = None) -> Trainer:
