@@ -169,8 +169,8 @@ def test_a_row_trains_with_the_options_its_recipe_studies_chose(tmp_path, monkey
 
     monkeypatch.setitem(results.PROFILES, "smoke", dataclasses.replace(results.PROFILES["smoke"], studies=True))
     monkeypatch.setitem(studies.STUDIES, "vae", _study_files(tmp_path / "docs"))
-    for row in ("hvae-bu", "hvae-td"):
-        monkeypatch.delitem(studies.STUDIES, row)
+    for model in ("hvae-bu", "hvae-td", "vdm"):
+        monkeypatch.delitem(studies.STUDIES, model)
     real, seen = results._train_row, []
 
     def train_row(job, row, model, options, trainer_options, search=False):
@@ -188,8 +188,8 @@ def test_a_row_trains_with_the_options_its_recipe_studies_chose(tmp_path, monkey
                       "elbo_with": -100.0, "elbo_without": -101.0}]
     page = "\n".join(studies.study_lines([{"row": "vae", "studies": entry}]))
     assert "## Recipe studies" in page and "| vae | ema=0.999 | 3 | -100.00 | -101.00 | with.json, without.json |" in page
-    older = "\n".join(studies.study_lines([{"row": "vae"}, {"row": "vdm"}]))  # a row saved before its study
-    assert "Trained before their family's study, without its option: vae." in older
+    older = "\n".join(studies.study_lines([{"row": "vae", "model": "vae"}, {"row": "vdm", "model": "vdm"}]))  # saved before
+    assert "Trained before their family's study, without its option: vae." in older  # vdm: no study here
 
 
 def test_a_missing_study_file_stops_make_results_before_any_training(tmp_path, monkeypatch):

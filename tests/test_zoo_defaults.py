@@ -52,17 +52,17 @@ def test_the_zoo_defaults_are_the_search_winner(row):
         chains = chains_of(default)
         applies = all(c.T is None and isinstance(c.schedule, InteriorSchedule) for c in chains)
         recipe["estimator_kwargs"] = {**kwargs_, "schedule_objective": "variance" if applies else "elbo"}
-    assert recipe == {**trainer, **study_options(row)}
+    assert recipe == {**trainer, **study_options(model)}
 
 
-@pytest.mark.parametrize("row", sorted(STUDIES))
-def test_a_recipe_entry_beyond_the_search_won_its_validation_study(row):
+@pytest.mark.parametrize("model", sorted(STUDIES))
+def test_a_recipe_entry_beyond_the_search_won_its_validation_study(model):
     """Each such entry was measured on the validation split (never the test set) and beat the
     recipe without it there."""
-    for (option, (won, lost)), entry in zip(STUDIES[row], study_entries(row, os.path.join(ROOT, "docs"))):
+    for (option, (won, lost)), entry in zip(STUDIES[model], study_entries(model, os.path.join(ROOT, "docs"))):
         won, lost = (json.load(open(os.path.join(ROOT, "docs", f))) for f in (won, lost))
         assert won["split"] == lost["split"] == "validation" and won["train_options"] == option
-        assert won.get("model", "vae") == lost.get("model", "vae") == next(r[1] for r in ROWS if r[0] == row)
+        assert won.get("model", "vae") == lost.get("model", "vae") == model
         assert lost["train_options"] == {} and won["epochs"] == lost["epochs"]
         assert won["rows"]["hlvm-train"]["elbo"] > lost["rows"]["hlvm-train"]["elbo"]
         assert (entry["elbo_with"], entry["elbo_without"]) == (won["rows"]["hlvm-train"]["elbo"],

@@ -146,7 +146,7 @@ def run_results(profile: str = "cpu", out: str = "docs", runs: str = "runs/resul
     finished = {r["row"] for r in done["rows"] if r.get("profile") == profile and "search" in r}
     todo = [row for row in ROWS if row[0] not in finished]
     for row in todo if p.studies else ():  # a missing study file stops the job before any training
-        study_entries(row[0], out)
+        study_entries(row[1], out)
     searches = {row[0]: _search_row(job, *row) for row in todo}  # every search before any final row
     for row in ROWS:
         if row[0] in finished:
@@ -184,8 +184,8 @@ def _run_row(job: _Job, row: str, model: str, options: dict, trainer_options: di
     row of :data:`ROWS`; its entry of ``results.json``."""
     if search is not None:
         options, trainer_options = final_options(search["winner"], options, trainer_options)
-    studies = study_entries(row, job.out) if job.p.studies else []
-    trainer_options = {**trainer_options, **(study_options(row) if studies else {})}
+    studies = study_entries(model, job.out) if job.p.studies else []
+    trainer_options = {**trainer_options, **(study_options(model) if studies else {})}
     trainer, cfg, result, train_seconds = _train_row(job, row, model, options, trainer_options)
     train_seconds = run_step_seconds(cfg.out) or train_seconds  # every segment of a resumed run, not the last
     with trainer.ema_weights():  # the EMA weights when EMA is on; the live ones are back afterwards

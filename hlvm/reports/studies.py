@@ -20,8 +20,8 @@ import os
 
 __all__ = ["STUDIES", "study_options", "study_entries", "study_lines"]
 
-#: {row: [({option: value}, (the study with the option, the study without it))]} — paths relative to the
-#: results' folder (``docs/``)
+#: {registered model: [({option: value}, (the study with the option, the study without it))]} — paths
+#: relative to the results' folder (``docs/``); every row of the model trains with its options
 STUDIES = {
     "vae": [({"ema": 0.999}, ("studies/pyro_example_vae_validation_ema_0_999.json",
                               "studies/pyro_example_vae_validation_default.json"))],
@@ -29,33 +29,34 @@ STUDIES = {
                                   "studies/hvae_bu_validation_default.json"))],
     "hvae-td": [({"ema": 0.999}, ("studies/hvae_td_validation_ema_0_999.json",
                                   "studies/hvae_td_validation_default.json"))],
+    "vdm": [({"ema": 0.999}, ("studies/vdm_validation_ema_0_999.json", "studies/vdm_validation_default.json"))],
 }
 
 
-def study_options(row: str) -> dict:
-    """The trainer options that won ``row``'s studies (empty where it has none)."""
+def study_options(model: str) -> dict:
+    """The trainer options that won the studies of ``model`` (empty where it has none)."""
     out = {}
-    for option, _ in STUDIES.get(row, []):
+    for option, _ in STUDIES.get(model, []):
         out.update(option)
     return out
 
 
-def study_entries(row: str, root: str = "docs") -> list[dict]:
-    """``row``'s studies as the results JSON records them: per study the option, its files and the
+def study_entries(model: str, root: str = "docs") -> list[dict]:
+    """The studies of ``model`` as a results row of it records them: per study the option, its files and the
     validation ELBO with and without it (``root``: the results' folder, which holds ``studies/``).
 
     Raises:
         ValueError: a study file that is missing or was not scored on the validation split.
     """
     entries = []
-    for option, files in STUDIES.get(row, []):
+    for option, files in STUDIES.get(model, []):
         paths = [os.path.join(root, f) for f in files]
         missing = [p for p in paths if not os.path.exists(p)]
         if missing:
-            raise ValueError(f"the {row} study file {missing[0]} is missing (its option {option} needs it)")
+            raise ValueError(f"the {model} study file {missing[0]} is missing (its option {option} needs it)")
         won, lost = (json.load(open(p)) for p in paths)
         if won["split"] != "validation" or lost["split"] != "validation":
-            raise ValueError(f"the {row} study {files[0]} was not scored on the validation split")
+            raise ValueError(f"the {model} study {files[0]} was not scored on the validation split")
         entries.append({"option": option, "files": list(files), "epochs": won["epochs"],
                         "elbo_with": won["rows"]["hlvm-train"]["elbo"],
                         "elbo_without": lost["rows"]["hlvm-train"]["elbo"]})
@@ -66,7 +67,7 @@ def study_lines(rows: list[dict]) -> list[str]:
     """The page's section on the studies: one line per study a row trained with, and the rows
     trained before their family's studies (without the option) named below the table."""
     found = [(r["row"], s) for r in rows for s in r.get("studies", [])]
-    before = [r["row"] for r in rows if "studies" not in r and r["row"] in STUDIES]
+    before = [r["row"] for r in rows if "studies" not in r and r.get("model") in STUDIES]
     if not found and not before:
         return []
     lines = ["", "## Recipe studies (validation split)", "",
