@@ -145,14 +145,14 @@ def run_results(profile: str = "cpu", out: str = "docs", runs: str = "runs/resul
     done = json.load(open(stem + ".json")) if os.path.exists(stem + ".json") else {"rows": []}
     finished = {r["row"] for r in done["rows"] if r.get("profile") == profile and "search" in r}
     todo = [row for row in ROWS if row[0] not in finished]
-    for row in todo if p.studies else ():  # a missing study file stops the job before any training
-        study_entries(row[1], out)
+    # each row's recipe studies, read before any training (a missing study file stops the job here)
+    studies = {row[0]: study_entries(row[1], out) if p.studies else [] for row in todo}
     searches = {row[0]: _search_row(job, *row) for row in todo}  # every search before any final row
     for row in ROWS:
         if row[0] in finished:
             log(f"== {row[0]}: already in {stem}.json, skipped")
             continue
-        entry = _run_row(job, *row, search=searches[row[0]])
+        entry = _run_row(job, *row, search=searches[row[0]], studies=studies[row[0]])
         done["rows"] = [r for r in done["rows"] if not (r.get("row") == row[0] and r.get("profile") == profile)] + [entry]
         save_json(stem + ".json", done)
     mine = [r["row"] for r in done["rows"] if r.get("profile") == profile]
@@ -179,12 +179,13 @@ class _Job:
     stem: str  # out/results[-profile]: the JSON, the page and the per-image values share it
 
 
-def _run_row(job: _Job, row: str, model: str, options: dict, trainer_options: dict, search: dict | None) -> dict:
-    """Train (the ``search``'s winner, with the options its recipe studies chose), score and draw one
-    row of :data:`ROWS`; its entry of ``results.json``."""
+def _run_row(job: _Job, row: str, model: str, options: dict, trainer_options: dict, search: dict | None,
+             studies: list) -> dict:
+    """Train (the ``search``'s winner, with the options its recipe ``studies`` chose:
+    :func:`~hlvm.reports.studies.study_entries`), score and draw one row of :data:`ROWS`; its entry
+    of ``results.json``."""
     if search is not None:
         options, trainer_options = final_options(search["winner"], options, trainer_options)
-    studies = study_entries(model, job.out) if job.p.studies else []
     trainer_options = {**trainer_options, **(study_options(model) if studies else {})}
     trainer, cfg, result, train_seconds = _train_row(job, row, model, options, trainer_options)
     train_seconds = run_step_seconds(cfg.out) or train_seconds  # every segment of a resumed run, not the last
